@@ -1,0 +1,291 @@
+/*
+ * nuvlabox-event: the command-line tool that captures and inspects device
+ * events (DESIGN §7).
+ */
+#include "cli.h"
+
+#include "alloc.h"
+#include "fsutil.h"
+#include "json.h"
+#include "version.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct command {
+	const char *name;
+	int (*run)(struct cli *c, int argc, char **argv);
+	const char *usage;
+};
+
+static const struct command commands[] = {
+	{ "record", cmd_record,
+	  "record NAME [--severity S] [--job job/ID] [--parent REF] [--message TEXT] "
+	  "[--detail KEY=VALUE]... [--details-json JSON]" },
+	{ "list", cmd_list, "list [--state pending|sent|dead|all] [--limit N] [--json]" },
+	{ "show", cmd_show, "show ID [--json]" },
+	{ "status", cmd_status, "status [--json]" },
+	{ "export", cmd_export, "export [--state pending|sent|dead|all]" },
+	{ "purge", cmd_purge, "purge [--include-pending]" },
+};
+
+static const struct command *find_command(const char *name)
+{
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+		if (strcmp(commands[i].name, name) == 0)
+			return &commands[i];
+	}
+	return NULL;
+}
+
+static void vprint(const struct cli *c, const char *level, const char *fmt, va_list ap)
+{
+	char msg[1024];
+
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	fprintf(stderr, "%s%s%s: %s%s\n", c->prog, c->command ? " " : "",
+		c->command ? c->command : "", level, msg);
+}
+
+void cli_err(const struct cli *c, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vprint(c, "", fmt, ap);
+	va_end(ap);
+}
+
+void cli_warn(const struct cli *c, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vprint(c, "warning: ", fmt, ap);
+	va_end(ap);
+}
+
+int cli_usage_error(const struct cli *c, const char *fmt, ...)
+{
+	const struct command *cmd = c->command ? find_command(c->command) : NULL;
+	va_list ap;
+
+	va_start(ap, fmt);
+	vprint(c, "", fmt, ap);
+	va_end(ap);
+	if (cmd)
+		fprintf(stderr, "usage: %s %s\n", c->prog, cmd->usage);
+	return EX_USAGE;
+}
+
+int cli_global_option(struct cli *c, int opt, const char *arg)
+{
+	switch (opt) {
+	case CLI_OPT_CONFIG:
+		c->config_path = arg;
+		c->config_explicit = true;
+		return 0;
+	case CLI_OPT_STATE_DIR:
+		c->state_dir = arg;
+		return 0;
+	default:
+		return EX_USAGE;
+	}
+}
+
+int cli_parse(struct cli *c, int argc, char **argv, const struct option *opts, cli_opt_fn on_opt,
+	      cli_arg_fn on_arg, void *userdata)
+{
+	int opt, r;
+
+	opterr = 0;
+	optind = 1;
+	for (;;) {
+		opt = getopt_long(argc, argv, "+:h", opts, NULL);
+		if (opt == -1) {
+			if (optind >= argc)
+				return 0;
+			/* a positional word; more options may follow it */
+			r = on_arg ? on_arg(c, argv[optind], userdata)
+				   : cli_usage_error(c, "unexpected argument '%s'", argv[optind]);
+			if (r)
+				return r;
+			optind++;
+			continue;
+		}
+		switch (opt) {
+		case 'h': {
+			const struct command *cmd = find_command(c->command);
+			printf("usage: %s %s\n\nSee nuvlabox-event(1).\n", c->prog, cmd->usage);
+			return CLI_HELP_SHOWN;
+		}
+		case ':':
+			return cli_usage_error(c, "option '%s' needs a value", argv[optind - 1]);
+		case '?':
+			return cli_usage_error(c, "unknown option '%s'", argv[optind - 1]);
+		case CLI_OPT_CONFIG:
+		case CLI_OPT_STATE_DIR:
+			cli_global_option(c, opt, optarg);
+			break;
+		default:
+			r = on_opt(c, opt, optarg, userdata);
+			if (r)
+				return r;
+		}
+	}
+}
+
+static const char *env_get(const char *name)
+{
+	return getenv(name);
+}
+
+int cli_load_config(struct cli *c)
+{
+	struct nbe_error err = { { 0 } };
+	int r;
+
+	if (c->cfg_loaded)
+		return 0;
+	if (nbe_config_defaults(&c->cfg, env_get) < 0) {
+		cli_err(c, "out of memory");
+		return EX_OSERR;
+	}
+	c->cfg_loaded = true;
+	r = nbe_config_load_file(&c->cfg, c->config_path, c->config_explicit, &err);
+	if (r == 0)
+		r = nbe_config_apply_env(&c->cfg, env_get, &err);
+	if (r == 0 && c->state_dir)
+		r = nbe_config_set(&c->cfg, "state_dir", c->state_dir, &err);
+	if (r == 0)
+		r = nbe_config_validate(&c->cfg, &err);
+	if (r < 0) {
+		cli_err(c, "%s", err.msg);
+		return r == -ENOMEM ? EX_OSERR : EX_CONFIG;
+	}
+	return 0;
+}
+
+int cli_exit_for_errno(int r)
+{
+	switch (-r) {
+	case 0:
+		return EX_OK;
+	case EINVAL:
+	case E2BIG:
+	case EMSGSIZE:
+		return EX_DATAERR;
+	case ENOBUFS:
+	case EBUSY:
+	case EAGAIN:
+		return EX_TEMPFAIL;
+	case ENOMEM:
+		return EX_OSERR;
+	default:
+		return EX_IOERR;
+	}
+}
+
+int cli_open_buffer(struct cli *c, bool full_check, struct nbe_buffer **ret)
+{
+	struct nbe_buffer_open_info info = { 0 };
+	struct nbe_error err = { { 0 } };
+	struct nbe_buffer_opts opts = { 0 };
+	char *path;
+	int r;
+
+	r = nbe_mkdir_exist_ok(c->cfg.state_dir, 0750);
+	if (r < 0) {
+		cli_err(c, "state directory %s: %s", c->cfg.state_dir, strerror(-r));
+		return EX_IOERR;
+	}
+	path = nbe_path_join(c->cfg.state_dir, NBE_BUFFER_FILE);
+	if (!path) {
+		cli_err(c, "out of memory");
+		return EX_OSERR;
+	}
+	opts.path = path;
+	opts.max_bytes = c->cfg.max_buffer_bytes;
+	opts.max_events = c->cfg.max_events;
+	opts.keep_sent = c->cfg.keep_sent;
+	opts.busy_timeout_ms = c->cfg.busy_timeout_ms;
+	opts.full_check = full_check;
+	opts.boot_id_file = c->cfg.boot_id_file;
+	opts.timesync_file = c->cfg.timesync_file;
+	r = nbe_buffer_open(&opts, ret, &info, &err);
+	nbe_free(path);
+	if (r < 0) {
+		cli_err(c, "%s", err.msg);
+		return r == -EINVAL ? EX_CONFIG : cli_exit_for_errno(r);
+	}
+	if (info.reset)
+		cli_warn(c, "the buffer was corrupt (%s); moved to %s, %lld events salvaged",
+			 info.reason, info.quarantined, (long long)info.salvaged);
+	return 0;
+}
+
+static void print_help(const char *prog)
+{
+	printf("usage: %s [--config FILE] [--state-dir DIR] COMMAND [ARGS]\n\n"
+	       "Captures NuvlaBox lifecycle events into a durable buffer and inspects it.\n\n"
+	       "commands:\n",
+	       prog);
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		printf("  %s\n", commands[i].usage);
+	printf("\nSee nuvlabox-event(1).\n");
+}
+
+int main(int argc, char **argv)
+{
+	struct cli c = { .prog = "nuvlabox-event", .config_path = NBE_CONFIG_FILE };
+	const struct command *cmd = NULL;
+	int i, r;
+
+	nbe_json_install_hooks();
+	/* the command is the first word that is neither an option nor the value
+	 * of a global option; getopt in the command permutes the rest */
+	for (i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if (strcmp(a, "--config") == 0 || strcmp(a, "--state-dir") == 0) {
+			i++;
+			continue;
+		}
+		if (strcmp(a, "--version") == 0) {
+			printf("nuvlabox-event %s\n", NBE_VERSION);
+			return EX_OK;
+		}
+		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+			print_help(c.prog);
+			return EX_OK;
+		}
+		if (a[0] == '-')
+			continue;
+		cmd = find_command(a);
+		if (!cmd) {
+			fprintf(stderr, "%s: unknown command '%s' (see --help)\n", c.prog, a);
+			return EX_USAGE;
+		}
+		break;
+	}
+	if (!cmd) {
+		fprintf(stderr, "%s: no command given (see --help)\n", c.prog);
+		return EX_USAGE;
+	}
+	c.command = cmd->name;
+	/* hand the command its arguments with its own name removed */
+	memmove(&argv[i], &argv[i + 1], (size_t)(argc - i) * sizeof(char *));
+	argc--;
+	r = cmd->run(&c, argc, argv);
+	if (r == CLI_HELP_SHOWN)
+		r = EX_OK;
+	if (fflush(stdout) != 0 && r == EX_OK) {
+		cli_err(&c, "writing the output: %s", strerror(errno));
+		r = EX_IOERR;
+	}
+	if (c.cfg_loaded)
+		nbe_config_free(&c.cfg);
+	return r;
+}

@@ -1,0 +1,144 @@
+/*
+ * buffer: the durable SQLite event buffer (DESIGN §5, §9).
+ *
+ * A producer appends; the append returns only after the commit is durable
+ * (WAL, synchronous=FULL). The buffer keeps itself within max_bytes (WAL
+ * included, after a checkpoint) and max_events by evicting in the documented
+ * order and accounting every eviction in an agent.events.dropped event. A
+ * corrupt file is renamed aside, its readable events are salvaged into a
+ * fresh buffer and an agent.buffer.reset event reports the counts.
+ *
+ * Several processes may hold the same buffer open (the daemon and any number
+ * of CLI producers); SQLite's locking serialises writers (busy_timeout).
+ */
+#ifndef NBE_BUFFER_H
+#define NBE_BUFFER_H
+
+#include "error.h"
+#include "event.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* "NBEV" in the database header: this file is ours. */
+#define NBE_BUFFER_APPLICATION_ID 0x4E424556
+#define NBE_BUFFER_SCHEMA_VERSION 1
+#define NBE_BUFFER_FILE "events.db"
+/* The smallest max_bytes that can hold the schema and one largest event. */
+#define NBE_BUFFER_MIN_BYTES (256 * 1024)
+
+struct nbe_buffer;
+
+struct nbe_buffer_opts {
+	const char *path;        /* the database file */
+	int64_t max_bytes;       /* cap on database + WAL after checkpoint */
+	int64_t max_events;      /* cap on the number of events of any state */
+	int64_t keep_sent;       /* sent events kept as history */
+	int64_t busy_timeout_ms; /* how long to wait for another writer */
+	bool full_check;         /* run PRAGMA quick_check at open */
+	const char *boot_id_file;  /* for the agent's own events */
+	const char *timesync_file; /* see nbe_clock_synced(); may be NULL */
+};
+
+/* What nbe_buffer_open() found and did. */
+struct nbe_buffer_open_info {
+	bool created;            /* a new, empty buffer */
+	bool reset;              /* the old file was corrupt and was quarantined */
+	char quarantined[512];   /* where it went, if reset */
+	int64_t salvaged;        /* events carried over, if reset */
+	char reason[256];        /* why it was judged corrupt, if reset */
+};
+
+/*
+ * Opens (creating if needed, with mode 0640) the buffer at opts->path,
+ * migrating its schema and, with opts->full_check, verifying it. A corrupt or
+ * foreign file is quarantined and salvaged (see @ret_info, may be NULL).
+ * Returns 0 or -errno: -EACCES/-EROFS/-ENOENT (cannot open or create),
+ * -ENOSPC (disk full), -EBUSY (locked by another writer past the timeout),
+ * -EPROTO (written by a newer agent: schema version too high), -ENOMEM, -EIO.
+ */
+int nbe_buffer_open(const struct nbe_buffer_opts *opts, struct nbe_buffer **ret,
+		    struct nbe_buffer_open_info *ret_info, struct nbe_error *err);
+
+/* Closes the buffer. Accepts NULL. */
+void nbe_buffer_close(struct nbe_buffer *b);
+
+/*
+ * Appends @ev durably: resolves its local parent (an explicit device event
+ * id, or the automatic link of "<op>.completed"/"<op>.failed" to the latest
+ * "<op>" of the same job), makes room under the caps, inserts, commits.
+ * Sets ev->seq and the linkage fields on success. Returns 0 or: -ENOENT (the
+ * parent device event id is not in the buffer), -ENOBUFS (only events that
+ * are never evicted remain), -ENOSPC (disk full), -EBUSY, -EIO, -ENOMEM.
+ */
+int nbe_buffer_append(struct nbe_buffer *b, struct nbe_event *ev, struct nbe_error *err);
+
+/* Appends @n events in one transaction: all or nothing. */
+int nbe_buffer_append_batch(struct nbe_buffer *b, struct nbe_event *evs, size_t n,
+			    struct nbe_error *err);
+
+/*
+ * Looks an event up by device event id, by seq (decimal), or by server id
+ * ("event/<uuid>"). Fills @ret (zeroed by the caller) on success. Returns 0,
+ * -ENOENT, or an error.
+ */
+int nbe_buffer_get(struct nbe_buffer *b, const char *ref, struct nbe_event *ret,
+		   struct nbe_error *err);
+
+/* Callback for nbe_buffer_foreach(): return 0 to go on, non-zero to stop
+ * (that value is returned by nbe_buffer_foreach()). @ev is valid only during
+ * the call. */
+typedef int (*nbe_buffer_visit_fn)(const struct nbe_event *ev, void *userdata);
+
+#define NBE_STATE_MASK(s) (1u << (s))
+#define NBE_STATE_MASK_ALL 0x7u
+
+/* Visits events in the states of @state_mask, oldest first, at most @limit
+ * (0 = all). */
+int nbe_buffer_foreach(struct nbe_buffer *b, unsigned state_mask, int64_t limit,
+		       nbe_buffer_visit_fn fn, void *userdata, struct nbe_error *err);
+
+struct nbe_buffer_stats {
+	int64_t pending, sent, dead;
+	int64_t dropped;            /* events evicted under the caps, ever */
+	int64_t oldest_pending_wall_ms; /* 0 if none */
+	int64_t next_attempt_ms;    /* earliest next attempt of a pending event, 0 if none */
+	int64_t db_bytes, wal_bytes;
+	int64_t max_bytes, max_events;
+};
+
+int nbe_buffer_stats(struct nbe_buffer *b, struct nbe_buffer_stats *ret, struct nbe_error *err);
+
+/*
+ * Deletes sent and dead events (and pending ones too with @include_pending),
+ * then checkpoints and returns freed pages to the file system. Sets
+ * *ret_removed. Returns 0 or an error.
+ */
+int nbe_buffer_purge(struct nbe_buffer *b, bool include_pending, int64_t *ret_removed,
+		     struct nbe_error *err);
+
+/* Checkpoints the WAL (truncating it) and runs an incremental vacuum. */
+int nbe_buffer_checkpoint(struct nbe_buffer *b, struct nbe_error *err);
+
+/* Meta key/value store (owner cache, upload state, last error, ...).
+ * get: *ret is a new string (nbe_free()) or NULL when absent. set: NULL
+ * @value deletes the key. */
+int nbe_buffer_meta_get(struct nbe_buffer *b, const char *key, char **ret, struct nbe_error *err);
+int nbe_buffer_meta_set(struct nbe_buffer *b, const char *key, const char *value,
+			struct nbe_error *err);
+
+/*
+ * The parent href an event is uploaded with, resolved now: a local parent's
+ * "event/<uuid>" once it is sent; its fallback if it was dead-lettered or
+ * evicted; the recorded href; or the job. *ret_href is a new string or NULL
+ * (no parent). *ret_wait is set when the local parent is still pending (the
+ * event must not be sent yet).
+ */
+int nbe_buffer_resolve_parent(struct nbe_buffer *b, const struct nbe_event *ev, char **ret_href,
+			      bool *ret_wait, struct nbe_error *err);
+
+/* Runs PRAGMA integrity_check; 0 when it says ok, -EBADMSG otherwise (with
+ * the first finding in @err). For tests and `doctor`. */
+int nbe_buffer_integrity_check(struct nbe_buffer *b, struct nbe_error *err);
+
+#endif

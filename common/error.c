@@ -1,0 +1,16 @@
+#include "error.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+
+int nbe_error_set(struct nbe_error *err, int ret, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!err)
+		return ret;
+	va_start(ap, fmt);
+	vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+	va_end(ap);
+	return ret;
+}

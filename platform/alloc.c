@@ -1,0 +1,75 @@
+#include "alloc.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static unsigned long alloc_count;
+static unsigned long alloc_fail_n;
+static int alloc_fail_persistent;
+
+static int should_fail(void)
+{
+	alloc_count++;
+	if (alloc_fail_n == 0)
+		return 0;
+	if (alloc_count == alloc_fail_n)
+		return 1;
+	return alloc_fail_persistent && alloc_count > alloc_fail_n;
+}
+
+unsigned long nbe_alloc_fail_at(unsigned long n, int persistent)
+{
+	unsigned long made = alloc_count;
+
+	alloc_count = 0;
+	alloc_fail_n = n;
+	alloc_fail_persistent = persistent;
+	return made;
+}
+
+void *nbe_malloc(size_t size)
+{
+	if (should_fail())
+		return NULL;
+	return malloc(size ? size : 1);
+}
+
+void *nbe_calloc(size_t n, size_t size)
+{
+	if (should_fail())
+		return NULL;
+	return calloc(n ? n : 1, size ? size : 1);
+}
+
+void *nbe_realloc(void *p, size_t size)
+{
+	if (should_fail())
+		return NULL;
+	return realloc(p, size ? size : 1);
+}
+
+void nbe_free(void *p)
+{
+	free(p);
+}
+
+char *nbe_strndup(const char *s, size_t n)
+{
+	size_t len;
+	char *d;
+
+	if (!s)
+		return NULL;
+	len = strnlen(s, n);
+	d = nbe_malloc(len + 1);
+	if (!d)
+		return NULL;
+	memcpy(d, s, len);
+	d[len] = '\0';
+	return d;
+}
+
+char *nbe_strdup(const char *s)
+{
+	return s ? nbe_strndup(s, strlen(s)) : NULL;
+}

@@ -1,0 +1,29 @@
+/*
+ * alloc: the one place every allocation of the agent goes through, so tests
+ * can make the N-th allocation fail (see nbe_alloc_fail_at()) and prove each
+ * failure path: no crash, no leak, a clear error.
+ *
+ * cJSON is pointed at these functions too (nbe_json_install_hooks() in common).
+ */
+#ifndef NBE_PLATFORM_ALLOC_H
+#define NBE_PLATFORM_ALLOC_H
+
+#include <stddef.h>
+
+void *nbe_malloc(size_t size);
+void *nbe_calloc(size_t n, size_t size);
+void *nbe_realloc(void *p, size_t size);
+/* Accepts NULL. */
+void nbe_free(void *p);
+/* Copies of strings; NULL in gives NULL out (not an error). */
+char *nbe_strdup(const char *s);
+char *nbe_strndup(const char *s, size_t n);
+
+/*
+ * Test hook: make the @n-th allocation from now on fail (1 = the next one);
+ * with @persistent every later one fails too. 0 disables. Returns the number
+ * of allocations made since the last call, so a sweep knows when to stop.
+ */
+unsigned long nbe_alloc_fail_at(unsigned long n, int persistent);
+
+#endif

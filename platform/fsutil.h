@@ -1,0 +1,42 @@
+/*
+ * fsutil: file-system helpers with the durability rules the agent keeps:
+ * every fd O_CLOEXEC, state written atomically (temp, fsync, rename, fsync the
+ * directory), reads bounded.
+ */
+#ifndef NBE_PLATFORM_FSUTIL_H
+#define NBE_PLATFORM_FSUTIL_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+/* fsyncs the directory @path. Returns 0 or -errno. */
+int nbe_fsync_dir(const char *path);
+
+/* fsyncs the directory that contains @file_path. Returns 0 or -errno. */
+int nbe_fsync_parent_dir(const char *file_path);
+
+/*
+ * Creates directory @path with @mode if it does not exist (the parent must
+ * exist). Returns 0 when it exists or was created, -ENOTDIR if something else
+ * is there, or -errno.
+ */
+int nbe_mkdir_exist_ok(const char *path, mode_t mode);
+
+/*
+ * Reads the whole file @path into a newly allocated NUL-terminated buffer,
+ * refusing files larger than @max_bytes (-EFBIG). On success *ret_data (free
+ * with nbe_free()) and *ret_len are set. Returns 0 or -errno.
+ */
+int nbe_read_file(const char *path, size_t max_bytes, char **ret_data, size_t *ret_len);
+
+/*
+ * Writes @len bytes to @path atomically with @mode: a temporary file in the
+ * same directory, fsync, rename over @path, fsync of the directory. Returns 0
+ * or -errno; on failure @path is untouched and the temporary file is removed.
+ */
+int nbe_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode);
+
+/* Joins @dir and @name with one '/'. Returns a new string (nbe_free()) or NULL. */
+char *nbe_path_join(const char *dir, const char *name);
+
+#endif
