@@ -380,19 +380,28 @@ int nbe_config_load_text(struct nbe_config *cfg, const char *text, const char *o
 		if (!eq)
 			return nbe_error_set(err, -EINVAL, "%s: expected 'key = value'", where);
 		*eq = '\0';
-		value = eq + 1;
-		/* a comment after the value starts with whitespace and '#' */
-		for (hash = value; (hash = strchr(hash, '#')) != NULL; hash++) {
-			if (hash > value && (hash[-1] == ' ' || hash[-1] == '\t')) {
-				*hash = '\0';
-				break;
-			}
-		}
 		key = trim(key);
-		value = trim(value);
-		if (strlen(value) >= 2 && value[0] == '"' && value[strlen(value) - 1] == '"') {
-			value[strlen(value) - 1] = '\0';
+		value = trim(eq + 1);
+		if (*value == '"') {
+			/* a quoted value may hold '#'; only a comment may follow it */
+			char *close = strchr(value + 1, '"'), *rest;
+			if (!close)
+				return nbe_error_set(err, -EINVAL, "%s: unterminated quote", where);
+			*close = '\0';
+			rest = trim(close + 1);
+			if (*rest && *rest != '#')
+				return nbe_error_set(err, -EINVAL, "%s: text after the closing quote",
+						     where);
 			value++;
+		} else {
+			/* a comment after the value starts with whitespace and '#' */
+			for (hash = value; (hash = strchr(hash, '#')) != NULL; hash++) {
+				if (hash > value && (hash[-1] == ' ' || hash[-1] == '\t')) {
+					*hash = '\0';
+					break;
+				}
+			}
+			value = trim(value);
 		}
 		def = find_key(key);
 		if (!def)

@@ -146,6 +146,7 @@ static int parse_details_json(const char *text, cJSON **ret, struct nbe_error *e
 {
 	size_t len = strlen(text), bad;
 	const char *end = NULL;
+	unsigned long failures = nbe_alloc_failures();
 	cJSON *obj;
 
 	if (len > DETAILS_INPUT_MAX)
@@ -153,9 +154,9 @@ static int parse_details_json(const char *text, cJSON **ret, struct nbe_error *e
 				     NBE_DETAILS_MAX);
 	if (!nbe_utf8_valid(text, len, &bad))
 		return nbe_error_set(err, -EINVAL, "details: invalid UTF-8 at byte %zu", bad);
-	obj = cJSON_ParseWithLengthOpts(text, len, &end, true);
+	obj = cJSON_ParseWithOpts(text, &end, true);
 	if (!obj) {
-		if (!end)
+		if (nbe_alloc_failures() != failures)
 			return nbe_error_set(err, -ENOMEM, "details: out of memory");
 		return nbe_error_set(err, -EINVAL, "details: invalid JSON at byte %zu",
 				     (size_t)(end - text));

@@ -6,6 +6,19 @@
 static unsigned long alloc_count;
 static unsigned long alloc_fail_n;
 static int alloc_fail_persistent;
+static unsigned long alloc_failures;
+
+unsigned long nbe_alloc_failures(void)
+{
+	return alloc_failures;
+}
+
+static void *counted(void *p)
+{
+	if (!p)
+		alloc_failures++;
+	return p;
+}
 
 static int should_fail(void)
 {
@@ -30,22 +43,22 @@ unsigned long nbe_alloc_fail_at(unsigned long n, int persistent)
 void *nbe_malloc(size_t size)
 {
 	if (should_fail())
-		return NULL;
-	return malloc(size ? size : 1);
+		return counted(NULL);
+	return counted(malloc(size ? size : 1));
 }
 
 void *nbe_calloc(size_t n, size_t size)
 {
 	if (should_fail())
-		return NULL;
-	return calloc(n ? n : 1, size ? size : 1);
+		return counted(NULL);
+	return counted(calloc(n ? n : 1, size ? size : 1));
 }
 
 void *nbe_realloc(void *p, size_t size)
 {
 	if (should_fail())
-		return NULL;
-	return realloc(p, size ? size : 1);
+		return counted(NULL);
+	return counted(realloc(p, size ? size : 1));
 }
 
 void nbe_free(void *p)

@@ -20,6 +20,13 @@ char *nbe_strdup(const char *s);
 char *nbe_strndup(const char *s, size_t n);
 
 /*
+ * The number of allocations that have failed so far (injected or real).
+ * Lets a caller tell "out of memory" from "bad input" when a library such as
+ * cJSON reports both the same way: compare before and after the call.
+ */
+unsigned long nbe_alloc_failures(void);
+
+/*
  * Test hook: make the @n-th allocation from now on fail (1 = the next one);
  * with @persistent every later one fails too. 0 disables. Returns the number
  * of allocations made since the last call, so a sweep knows when to stop.
