@@ -174,6 +174,8 @@ struct drop_count {
 	int64_t pending[4]; /* by severity */
 	int64_t dead;
 	int64_t sent;
+	bool checked_report; /* looked for a report that can take more counts */
+	bool need_report;    /* none: room must be made for a new one too */
 };
 
 static int64_t file_size_of(const char *path)
@@ -766,13 +768,32 @@ static int64_t row_bytes(const struct nbe_event *ev)
  * accounting (pages in use = page_count - freelist_count), so the file, whose
  * free pages are reused before it grows, never exceeds the budget.
  */
+static int open_report_exists(struct nbe_buffer *b, bool *ret, struct nbe_error *err)
+{
+	int rc = sqlite3_step(b->st[ST_DROPPED_OPEN]);
+
+	sqlite3_reset(b->st[ST_DROPPED_OPEN]);
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+		return db_error(b, rc, err, "finding the drop report");
+	*ret = rc == SQLITE_ROW;
+	return 0;
+}
+
+/*
+ * Evicts until @ev fits under both caps. The measure is SQLite's own page
+ * accounting (pages in use = page_count - freelist_count), so the file, whose
+ * free pages are reused before it grows, never exceeds the budget. When the
+ * first event that never reached the server is evicted and no drop report
+ * can take the count, room is made for a new report as well: the report
+ * lives under the same caps as everything else.
+ */
 static int make_room(struct nbe_buffer *b, const struct nbe_event *ev, struct drop_count *dc,
 		     struct nbe_error *err)
 {
 	int64_t need = row_bytes(ev) / b->page_size + ROW_OVERHEAD_PAGES;
 
 	for (;;) {
-		int64_t pages, freelist, counts[3], seq;
+		int64_t pages, freelist, counts[3], seq, extra = dc->need_report ? 1 : 0;
 		int sev, state, r;
 
 		r = step_int(b, b->st[ST_PAGE_COUNT], &pages, err);
@@ -784,8 +805,8 @@ static int make_room(struct nbe_buffer *b, const struct nbe_event *ev, struct dr
 		r = read_counts(b, counts, err);
 		if (r < 0)
 			return r;
-		if (pages - freelist + need <= b->budget_pages &&
-		    counts[0] + counts[1] + counts[2] < b->opts.max_events)
+		if (pages - freelist + need + extra * ROW_OVERHEAD_PAGES <= b->budget_pages &&
+		    counts[0] + counts[1] + counts[2] + extra < b->opts.max_events)
 			return 0;
 		r = pick_victim(b, &seq, &sev, &state, err);
 		if (r < 0)
@@ -802,12 +823,22 @@ static int make_room(struct nbe_buffer *b, const struct nbe_event *ev, struct dr
 		r = step_done(b, b->st[ST_DELETE], err, "evicting an event");
 		if (r < 0)
 			return r;
-		if (state == NBE_STATE_SENT)
+		if (state == NBE_STATE_SENT) {
 			dc->sent++;
-		else if (state == NBE_STATE_DEAD)
+			continue;
+		}
+		if (state == NBE_STATE_DEAD)
 			dc->dead++;
 		else
 			dc->pending[sev]++;
+		if (!dc->checked_report) {
+			bool exists;
+			r = open_report_exists(b, &exists, err);
+			if (r < 0)
+				return r;
+			dc->checked_report = true;
+			dc->need_report = !exists;
+		}
 	}
 }
 
@@ -1265,6 +1296,36 @@ int nbe_buffer_resolve_parent(struct nbe_buffer *b, const struct nbe_event *ev, 
 	return 0;
 }
 
+int nbe_buffer_setting(struct nbe_buffer *b, const char *name, int64_t *ret,
+		       struct nbe_error *err)
+{
+	static const char *const allowed[] = {
+		"synchronous",	      "secure_delete",	    "auto_vacuum", "journal_size_limit",
+		"wal_autocheckpoint", "application_id",	    "user_version", "page_size",
+		"busy_timeout",
+	};
+	char sql[64];
+
+	if (strcmp(name, "journal_mode") == 0) {
+		sqlite3_stmt *st;
+		int rc = sqlite3_prepare_v2(b->db, "PRAGMA journal_mode", -1, &st, NULL);
+		if (rc != SQLITE_OK)
+			return db_error(b, rc, err, "journal_mode");
+		rc = sqlite3_step(st);
+		*ret = rc == SQLITE_ROW &&
+		       strcmp((const char *)sqlite3_column_text(st, 0), "wal") == 0;
+		sqlite3_finalize(st);
+		return 0;
+	}
+	for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++) {
+		if (strcmp(name, allowed[i]) == 0) {
+			snprintf(sql, sizeof(sql), "PRAGMA %s", name);
+			return query_int(b, sql, ret, err);
+		}
+	}
+	return nbe_error_set(err, -EINVAL, "unknown setting '%s'", name);
+}
+
 int nbe_buffer_integrity_check(struct nbe_buffer *b, struct nbe_error *err)
 {
 	sqlite3_stmt *st;
@@ -1317,6 +1378,9 @@ static int64_t salvage_from(struct nbe_buffer *b, const char *src)
 	if (sqlite3_open_v2(src, &sdb, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
 	    SQLITE_OK)
 		goto out;
+	/* read a file shorter than its header says (truncated) up to where it
+	 * ends instead of refusing it whole; harmless on a read-only handle */
+	sqlite3_exec(sdb, "PRAGMA writable_schema = ON; PRAGMA query_only = ON;", NULL, NULL, NULL);
 	if (sqlite3_prepare_v2(sdb, "SELECT " EVENT_COLS " FROM events WHERE seq > ?1 ORDER BY seq",
 			       -1, &st, NULL) != SQLITE_OK)
 		goto meta;

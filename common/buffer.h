@@ -137,6 +137,15 @@ int nbe_buffer_meta_set(struct nbe_buffer *b, const char *key, const char *value
 int nbe_buffer_resolve_parent(struct nbe_buffer *b, const struct nbe_event *ev, char **ret_href,
 			      bool *ret_wait, struct nbe_error *err);
 
+/*
+ * Reads a storage setting of this connection (DESIGN §9): one of
+ * journal_mode (1 = wal), synchronous, secure_delete, auto_vacuum,
+ * journal_size_limit, wal_autocheckpoint, application_id, user_version,
+ * page_size, busy_timeout. Returns 0 or -EINVAL for another name.
+ */
+int nbe_buffer_setting(struct nbe_buffer *b, const char *name, int64_t *ret,
+		       struct nbe_error *err);
+
 /* Runs PRAGMA integrity_check; 0 when it says ok, -EBADMSG otherwise (with
  * the first finding in @err). For tests and `doctor`. */
 int nbe_buffer_integrity_check(struct nbe_buffer *b, struct nbe_error *err);
