@@ -15,12 +15,14 @@
 #include <sysexits.h>
 
 /* Options every subcommand accepts, before or after its name. */
-#define CLI_OPT_CONFIG 0x1001
+#define CLI_OPT_CONFIG	  0x1001
 #define CLI_OPT_STATE_DIR 0x1002
-#define CLI_GLOBAL_OPTIONS                                                     \
-	{ "config", required_argument, NULL, CLI_OPT_CONFIG },                  \
-	{ "state-dir", required_argument, NULL, CLI_OPT_STATE_DIR },            \
-	{ "help", no_argument, NULL, 'h' }
+#define CLI_GLOBAL_OPTIONS                                                                         \
+	{ "config", required_argument, NULL, CLI_OPT_CONFIG },                                     \
+		{ "state-dir", required_argument, NULL, CLI_OPT_STATE_DIR },                       \
+	{                                                                                          \
+		"help", no_argument, NULL, 'h'                                                     \
+	}
 
 struct cli {
 	const char *prog;
@@ -58,7 +60,8 @@ int cli_parse(struct cli *c, int argc, char **argv, const struct option *opts, c
 	      cli_arg_fn on_arg, void *userdata);
 
 /* Prints the usage line of the current command and returns EX_USAGE. */
-int cli_usage_error(const struct cli *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int cli_usage_error(const struct cli *c, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
 
 /* Loads defaults, the file, the environment and the flags. Returns 0 or
  * EX_CONFIG (after printing why). */

@@ -56,8 +56,8 @@ static cJSON *event_to_json(const struct nbe_event *ev)
 	    !cJSON_AddStringToObject(o, "state", nbe_state_str(ev->state)) ||
 	    nbe_json_add_str_or_null(o, "server_id", ev->server_id) < 0 ||
 	    nbe_json_add_str_or_null(o, "parent", ev->parent) < 0 ||
-	    nbe_json_add_str_or_null(o, "parent_local", ev->parent_local[0] ? ev->parent_local
-									    : NULL) < 0 ||
+	    nbe_json_add_str_or_null(o, "parent_local",
+				     ev->parent_local[0] ? ev->parent_local : NULL) < 0 ||
 	    nbe_json_add_str_or_null(o, "job", ev->job) < 0 ||
 	    nbe_json_add_str_or_null(o, "message", ev->message) < 0 ||
 	    add_parsed(o, "details", ev->details, "{}") < 0 ||
@@ -223,8 +223,8 @@ static int run_list(struct cli *c, struct list_args *a)
 	if (!a->json && !a->lines)
 		printf("%-6s %-36s %-7s %-8s %-24s %s\n", "SEQ", "ID", "STATE", "SEVERITY",
 		       "CAPTURED", "NAME");
-	r = nbe_buffer_foreach(buf, a->mask, a->limit, a->json || a->lines ? visit_json : visit_table,
-			       a, &err);
+	r = nbe_buffer_foreach(buf, a->mask, a->limit,
+			       a->json || a->lines ? visit_json : visit_table, a, &err);
 	nbe_buffer_close(buf);
 	if (r < 0) {
 		cli_err(c, "%s", r == -ENOMEM ? "out of memory" : err.msg);
@@ -315,8 +315,8 @@ static int show_text(const struct nbe_event *ev, const char *wire, const char *n
 	print_field("state:", nbe_state_str(ev->state));
 	print_field("server id:", ev->server_id);
 	print_field("job:", ev->job);
-	print_field("parent:", ev->parent ? ev->parent
-					  : (ev->parent_local[0] ? ev->parent_local : NULL));
+	print_field("parent:",
+		    ev->parent ? ev->parent : (ev->parent_local[0] ? ev->parent_local : NULL));
 	print_field("message:", ev->message);
 	print_field("details:", ev->details);
 	snprintf(num, sizeof(num), "%" PRId64, ev->attempts);
@@ -457,7 +457,8 @@ int cmd_status(struct cli *c, int argc, char **argv)
 		goto out;
 	}
 	if (st.pending > 0 && st.oldest_pending_wall_ms > 0)
-		age = now > st.oldest_pending_wall_ms ? (now - st.oldest_pending_wall_ms) / 1000 : 0;
+		age = now > st.oldest_pending_wall_ms ? (now - st.oldest_pending_wall_ms) / 1000
+						      : 0;
 	if (st.pending > 0 && st.next_attempt_ms > 0)
 		next_in = st.next_attempt_ms > now ? (st.next_attempt_ms - now + 999) / 1000 : 0;
 	synced = nbe_clock_synced(c->cfg.timesync_file);
@@ -477,13 +478,15 @@ int cmd_status(struct cli *c, int argc, char **argv)
 		    !cJSON_AddNumberToObject(o, "dropped", (double)st.dropped) ||
 		    !(age >= 0 ? cJSON_AddNumberToObject(o, "oldest_pending_age_s", (double)age)
 			       : cJSON_AddNullToObject(o, "oldest_pending_age_s")) ||
-		    !cJSON_AddNumberToObject(o, "buffer_bytes", (double)(st.db_bytes + st.wal_bytes)) ||
+		    !cJSON_AddNumberToObject(o, "buffer_bytes",
+					     (double)(st.db_bytes + st.wal_bytes)) ||
 		    !cJSON_AddNumberToObject(o, "max_buffer_bytes", (double)st.max_bytes) ||
 		    !cJSON_AddNumberToObject(o, "max_events", (double)st.max_events) ||
 		    !cJSON_AddStringToObject(o, "upload_state", upload_state) ||
 		    nbe_json_add_str_or_null(o, "last_error", last_error) < 0 ||
-		    !(next_in >= 0 ? cJSON_AddNumberToObject(o, "next_attempt_in_s", (double)next_in)
-				   : cJSON_AddNullToObject(o, "next_attempt_in_s")) ||
+		    !(next_in >= 0
+			      ? cJSON_AddNumberToObject(o, "next_attempt_in_s", (double)next_in)
+			      : cJSON_AddNullToObject(o, "next_attempt_in_s")) ||
 		    !cJSON_AddBoolToObject(o, "clock_synced", synced) ||
 		    !cJSON_AddNullToObject(o, "certificate_expiry") ||
 		    nbe_json_add_str_or_null(o, "nuvlabox_id", c->cfg.nuvlabox_id) < 0 ||
@@ -516,7 +519,8 @@ int cmd_status(struct cli *c, int argc, char **argv)
 		}
 		printf("last error:   %s\n", last_error ? last_error : "none");
 		printf("clock:        %s\n", synced ? "synchronised" : "not synchronised");
-		printf("nuvlabox:     %s\n", c->cfg.nuvlabox_id ? c->cfg.nuvlabox_id : "not known yet");
+		printf("nuvlabox:     %s\n",
+		       c->cfg.nuvlabox_id ? c->cfg.nuvlabox_id : "not known yet");
 		printf("endpoint:     %s\n", c->cfg.endpoint);
 	}
 	r = EX_OK;

@@ -28,10 +28,10 @@
 #define SALVAGE_MAX_JUMPS 64
 
 /* The columns every event query returns, in row_to_event() order. */
-#define EVENT_COLS                                                                           \
-	"seq, id, name, severity, phase, message, details, job, parent, links, wall_ms, "    \
-	"boottime_ms, boot_id, clock_synced, parent_seq, parent_fallback, state, server_id, " \
-	"attempts, next_attempt_ms, last_error, in_doubt, "                                  \
+#define EVENT_COLS                                                                                 \
+	"seq, id, name, severity, phase, message, details, job, parent, links, wall_ms, "          \
+	"boottime_ms, boot_id, clock_synced, parent_seq, parent_fallback, state, server_id, "      \
+	"attempts, next_attempt_ms, last_error, in_doubt, "                                        \
 	"(SELECT p.id FROM events p WHERE p.seq = events.parent_seq)"
 
 enum stmt_id {
@@ -439,7 +439,8 @@ static int open_db(struct nbe_buffer *b, bool *ret_created, struct nbe_error *er
 	b->budget_pages = (b->opts.max_bytes - wal_reserve) / b->page_size;
 
 	snprintf(sql, sizeof(sql),
-		 "PRAGMA journal_size_limit = %" PRId64 "; PRAGMA wal_autocheckpoint = %" PRId64 ";",
+		 "PRAGMA journal_size_limit = %" PRId64 "; PRAGMA wal_autocheckpoint = %" PRId64
+		 ";",
 		 wal_reserve, wal_reserve / b->page_size / 2);
 	r = exec(b, sql, err);
 	if (r < 0)
@@ -575,8 +576,8 @@ static int make_agent_event(struct nbe_buffer *b, const char *name, enum nbe_sev
 	if (r < 0)
 		return nbe_error_set(err, r, "%s: cannot read the boot id: %s", b->boot_id_file,
 				     strerror(-r));
-	r = nbe_event_init_capture(ev, &in, nbe_clock_wall_ms(), nbe_clock_boottime_ms(),
-				   boot_id, nbe_clock_synced(b->timesync_file), err);
+	r = nbe_event_init_capture(ev, &in, nbe_clock_wall_ms(), nbe_clock_boottime_ms(), boot_id,
+				   nbe_clock_synced(b->timesync_file), err);
 	if (r < 0)
 		return r;
 	ev->severity = sev;
@@ -660,9 +661,9 @@ static int link_parent(struct nbe_buffer *b, struct nbe_event *ev, struct nbe_er
 		sqlite3_bind_text(st, 1, ev->parent, -1, SQLITE_STATIC);
 	} else if (!ev->parent &&
 		   (ev->phase == NBE_PHASE_COMPLETED || ev->phase == NBE_PHASE_FAILED)) {
-		size_t n = strlen(ev->name) -
-			   (ev->phase == NBE_PHASE_COMPLETED ? strlen(".completed")
-							     : strlen(".failed"));
+		size_t n =
+			strlen(ev->name) - (ev->phase == NBE_PHASE_COMPLETED ? strlen(".completed")
+									     : strlen(".failed"));
 		memcpy(base, ev->name, n);
 		base[n] = '\0';
 		if (ev->job) {
@@ -812,13 +813,13 @@ static int make_room(struct nbe_buffer *b, const struct nbe_event *ev, struct dr
 		if (r < 0)
 			return r;
 		if (r == 0)
-			return nbe_error_set(err, -ENOBUFS,
-					     "%s: the buffer is full (%" PRId64 " events, cap %" PRId64
-					     " bytes / %" PRId64
-					     " events) and holds only events that are never "
-					     "evicted (critical, drop reports); upload or purge them",
-					     b->path, counts[0] + counts[1] + counts[2],
-					     b->opts.max_bytes, b->opts.max_events);
+			return nbe_error_set(
+				err, -ENOBUFS,
+				"%s: the buffer is full (%" PRId64 " events, cap %" PRId64
+				" bytes / %" PRId64 " events) and holds only events that are never "
+				"evicted (critical, drop reports); upload or purge them",
+				b->path, counts[0] + counts[1] + counts[2], b->opts.max_bytes,
+				b->opts.max_events);
 		sqlite3_bind_int64(b->st[ST_DELETE], 1, seq);
 		r = step_done(b, b->st[ST_DELETE], err, "evicting an event");
 		if (r < 0)
@@ -932,8 +933,8 @@ static int report_drops(struct nbe_buffer *b, const struct drop_count *dc, struc
 	return step_done(b, b->st[ST_META_ADD], err, "counting drops");
 }
 
-static int quarantine(struct nbe_buffer *b, const char *reason,
-		      struct nbe_buffer_open_info *info, struct nbe_error *err);
+static int quarantine(struct nbe_buffer *b, const char *reason, struct nbe_buffer_open_info *info,
+		      struct nbe_error *err);
 
 static int begin(struct nbe_buffer *b, struct nbe_error *err)
 {
@@ -1169,8 +1170,8 @@ int nbe_buffer_checkpoint(struct nbe_buffer *b, struct nbe_error *err)
 int nbe_buffer_purge(struct nbe_buffer *b, bool include_pending, int64_t *ret_removed,
 		     struct nbe_error *err)
 {
-	const char *sql = include_pending ? "DELETE FROM events"
-					  : "DELETE FROM events WHERE state IN (1, 2)";
+	const char *sql =
+		include_pending ? "DELETE FROM events" : "DELETE FROM events WHERE state IN (1, 2)";
 	int r = exec(b, sql, err);
 
 	if (r < 0)
@@ -1296,13 +1297,12 @@ int nbe_buffer_resolve_parent(struct nbe_buffer *b, const struct nbe_event *ev, 
 	return 0;
 }
 
-int nbe_buffer_setting(struct nbe_buffer *b, const char *name, int64_t *ret,
-		       struct nbe_error *err)
+int nbe_buffer_setting(struct nbe_buffer *b, const char *name, int64_t *ret, struct nbe_error *err)
 {
 	static const char *const allowed[] = {
-		"synchronous",	      "secure_delete",	    "auto_vacuum", "journal_size_limit",
-		"wal_autocheckpoint", "application_id",	    "user_version", "page_size",
-		"busy_timeout",
+		"synchronous",	      "secure_delete",	    "auto_vacuum",
+		"journal_size_limit", "wal_autocheckpoint", "application_id",
+		"user_version",	      "page_size",	    "busy_timeout",
 	};
 	char sql[64];
 
@@ -1438,8 +1438,8 @@ static int rename_aside(const char *from, const char *to)
  * agent.buffer.reset. Serialised with other processes by a lock file, and
  * re-checked under it: another process may have done it already.
  */
-static int quarantine(struct nbe_buffer *b, const char *reason,
-		      struct nbe_buffer_open_info *info, struct nbe_error *err)
+static int quarantine(struct nbe_buffer *b, const char *reason, struct nbe_buffer_open_info *info,
+		      struct nbe_error *err)
 {
 	char q[512], from[560], to[600], *lock_path = NULL, *details = NULL;
 	struct nbe_event ev = { 0 };

@@ -23,30 +23,30 @@
 /* "NBEV" in the database header: this file is ours. */
 #define NBE_BUFFER_APPLICATION_ID 0x4E424556
 #define NBE_BUFFER_SCHEMA_VERSION 1
-#define NBE_BUFFER_FILE "events.db"
+#define NBE_BUFFER_FILE		  "events.db"
 /* The smallest max_bytes that can hold the schema and one largest event. */
 #define NBE_BUFFER_MIN_BYTES (256 * 1024)
 
 struct nbe_buffer;
 
 struct nbe_buffer_opts {
-	const char *path;        /* the database file */
-	int64_t max_bytes;       /* cap on database + WAL after checkpoint */
-	int64_t max_events;      /* cap on the number of events of any state */
-	int64_t keep_sent;       /* sent events kept as history */
-	int64_t busy_timeout_ms; /* how long to wait for another writer */
-	bool full_check;         /* run PRAGMA quick_check at open */
+	const char *path;	   /* the database file */
+	int64_t max_bytes;	   /* cap on database + WAL after checkpoint */
+	int64_t max_events;	   /* cap on the number of events of any state */
+	int64_t keep_sent;	   /* sent events kept as history */
+	int64_t busy_timeout_ms;   /* how long to wait for another writer */
+	bool full_check;	   /* run PRAGMA quick_check at open */
 	const char *boot_id_file;  /* for the agent's own events */
 	const char *timesync_file; /* see nbe_clock_synced(); may be NULL */
 };
 
 /* What nbe_buffer_open() found and did. */
 struct nbe_buffer_open_info {
-	bool created;            /* a new, empty buffer */
-	bool reset;              /* the old file was corrupt and was quarantined */
-	char quarantined[512];   /* where it went, if reset */
-	int64_t salvaged;        /* events carried over, if reset */
-	char reason[256];        /* why it was judged corrupt, if reset */
+	bool created;	       /* a new, empty buffer */
+	bool reset;	       /* the old file was corrupt and was quarantined */
+	char quarantined[512]; /* where it went, if reset */
+	int64_t salvaged;      /* events carried over, if reset */
+	char reason[256];      /* why it was judged corrupt, if reset */
 };
 
 /*
@@ -90,7 +90,7 @@ int nbe_buffer_get(struct nbe_buffer *b, const char *ref, struct nbe_event *ret,
  * the call. */
 typedef int (*nbe_buffer_visit_fn)(const struct nbe_event *ev, void *userdata);
 
-#define NBE_STATE_MASK(s) (1u << (s))
+#define NBE_STATE_MASK(s)  (1u << (s))
 #define NBE_STATE_MASK_ALL 0x7u
 
 /* Visits events in the states of @state_mask, oldest first, at most @limit
@@ -100,9 +100,9 @@ int nbe_buffer_foreach(struct nbe_buffer *b, unsigned state_mask, int64_t limit,
 
 struct nbe_buffer_stats {
 	int64_t pending, sent, dead;
-	int64_t dropped;            /* events evicted under the caps, ever */
+	int64_t dropped;		/* events evicted under the caps, ever */
 	int64_t oldest_pending_wall_ms; /* 0 if none */
-	int64_t next_attempt_ms;    /* earliest next attempt of a pending event, 0 if none */
+	int64_t next_attempt_ms;	/* earliest next attempt of a pending event, 0 if none */
 	int64_t db_bytes, wal_bytes;
 	int64_t max_bytes, max_events;
 };
@@ -143,8 +143,7 @@ int nbe_buffer_resolve_parent(struct nbe_buffer *b, const struct nbe_event *ev, 
  * journal_size_limit, wal_autocheckpoint, application_id, user_version,
  * page_size, busy_timeout. Returns 0 or -EINVAL for another name.
  */
-int nbe_buffer_setting(struct nbe_buffer *b, const char *name, int64_t *ret,
-		       struct nbe_error *err);
+int nbe_buffer_setting(struct nbe_buffer *b, const char *name, int64_t *ret, struct nbe_error *err);
 
 /* Runs PRAGMA integrity_check; 0 when it says ok, -EBADMSG otherwise (with
  * the first finding in @err). For tests and `doctor`. */

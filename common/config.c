@@ -37,7 +37,7 @@ struct key_def {
 	int64_t min, max;
 };
 
-#define OFF(m) offsetof(struct nbe_config, m)
+#define OFF(m)	  offsetof(struct nbe_config, m)
 #define INT64_BIG INT64_C(4611686018427387904)
 
 static const struct key_def keys[] = {
@@ -234,15 +234,16 @@ static int set_value(struct nbe_config *cfg, const struct key_def *def, const ch
 		else
 			r = nbe_parse_int64(value, INT64_MIN, INT64_MAX, &v);
 		if (r < 0)
-			return nbe_error_set(err, -EINVAL, "%s: %s: '%.64s' is not a valid %s", where,
-					     def->name, value,
-					     def->type == T_SIZE	 ? "size (512K, 64M, 1G)"
-					     : def->type == T_DURATION ? "duration (500ms, 10s, 5m, 1h)"
-								       : "number");
+			return nbe_error_set(err, -EINVAL, "%s: %s: '%.64s' is not a valid %s",
+					     where, def->name, value,
+					     def->type == T_SIZE ? "size (512K, 64M, 1G)"
+					     : def->type == T_DURATION
+						     ? "duration (500ms, 10s, 5m, 1h)"
+						     : "number");
 		if (v < def->min || v > def->max)
 			return nbe_error_set(err, -EINVAL,
-					     "%s: %s: '%.64s' is out of range (%" PRId64 "..%" PRId64
-					     "%s)",
+					     "%s: %s: '%.64s' is out of range (%" PRId64
+					     "..%" PRId64 "%s)",
 					     where, def->name, value, def->min, def->max,
 					     def->type == T_DURATION ? " ms" : "");
 		*(int64_t *)slot = v;
@@ -256,10 +257,11 @@ static int set_value(struct nbe_config *cfg, const struct key_def *def, const ch
 			}
 		}
 		if (!found)
-			return nbe_error_set(err, -EINVAL,
-					     "%s: %s: '%.64s' is not one of error, warning, notice, "
-					     "info, debug",
-					     where, def->name, value);
+			return nbe_error_set(
+				err, -EINVAL,
+				"%s: %s: '%.64s' is not one of error, warning, notice, "
+				"info, debug",
+				where, def->name, value);
 		break;
 	}
 	case T_PATHLIST:
@@ -390,8 +392,8 @@ int nbe_config_load_text(struct nbe_config *cfg, const char *text, const char *o
 			*close = '\0';
 			rest = trim(close + 1);
 			if (*rest && *rest != '#')
-				return nbe_error_set(err, -EINVAL, "%s: text after the closing quote",
-						     where);
+				return nbe_error_set(err, -EINVAL,
+						     "%s: text after the closing quote", where);
 			value++;
 		} else {
 			/* a comment after the value starts with whitespace and '#' */
@@ -427,7 +429,8 @@ int nbe_config_load_file(struct nbe_config *cfg, const char *path, bool required
 	if (r == -ENOENT && !required)
 		return 0;
 	if (r == -EFBIG)
-		return nbe_error_set(err, r, "%s: larger than %d bytes", path, NBE_CONFIG_MAX_BYTES);
+		return nbe_error_set(err, r, "%s: larger than %d bytes", path,
+				     NBE_CONFIG_MAX_BYTES);
 	if (r < 0)
 		return nbe_error_set(err, r, "%s: %s", path, strerror(-r));
 	if (strlen(text) != len) {
@@ -444,11 +447,9 @@ int nbe_config_apply_env(struct nbe_config *cfg, nbe_getenv_fn getenv_fn, struct
 	static const struct {
 		const char *env, *key;
 	} map[] = {
-		{ "NUVLA_ENDPOINT", "endpoint" },
-		{ "NUVLABOX_UUID", "nuvlabox_id" },
+		{ "NUVLA_ENDPOINT", "endpoint" },	   { "NUVLABOX_UUID", "nuvlabox_id" },
 		{ "NUVLAEDGE_UUID", "nuvlabox_id" }, /* the newer name wins */
-		{ "NUVLA_ENDPOINT_INSECURE", "insecure" },
-		{ "NUVLAEDGE_API_KEY", "api_key" },
+		{ "NUVLA_ENDPOINT_INSECURE", "insecure" }, { "NUVLAEDGE_API_KEY", "api_key" },
 	};
 	const char *v;
 	int r;
@@ -470,7 +471,8 @@ int nbe_config_apply_env(struct nbe_config *cfg, nbe_getenv_fn getenv_fn, struct
 int nbe_config_validate(const struct nbe_config *cfg, struct nbe_error *err)
 {
 	if (cfg->retry_base_ms > cfg->retry_cap_ms)
-		return nbe_error_set(err, -EINVAL, "retry_base (%" PRId64
+		return nbe_error_set(err, -EINVAL,
+				     "retry_base (%" PRId64
 				     " ms) is larger than retry_cap (%" PRId64 " ms)",
 				     cfg->retry_base_ms, cfg->retry_cap_ms);
 	if (!cfg->client_cert != !cfg->client_key)

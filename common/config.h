@@ -12,8 +12,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define NBE_CONFIG_FILE "/etc/nuvlabox-event/agent.conf"
-#define NBE_CONFIG_MAX_BYTES (64 * 1024)
+#define NBE_CONFIG_FILE		  "/etc/nuvlabox-event/agent.conf"
+#define NBE_CONFIG_MAX_BYTES	  (64 * 1024)
 #define NBE_CONFIG_MAX_KEYS_FILES 8
 
 enum nbe_log_level {
@@ -25,13 +25,13 @@ enum nbe_log_level {
 };
 
 struct nbe_config {
-	char *endpoint;        /* "https://host[:port]", no trailing slash */
-	char *nuvlabox_id;     /* "nuvlabox/<uuid>" or NULL (not known yet) */
+	char *endpoint;	   /* "https://host[:port]", no trailing slash */
+	char *nuvlabox_id; /* "nuvlabox/<uuid>" or NULL (not known yet) */
 	bool insecure;
-	char *ca_file;         /* NULL: the system trust store */
-	char *client_cert;     /* NULL: no client certificate (mTLS off) */
+	char *ca_file;	   /* NULL: the system trust store */
+	char *client_cert; /* NULL: no client certificate (mTLS off) */
 	char *client_key;
-	char *api_key;         /* "credential/<uuid>" or NULL */
+	char *api_key;	       /* "credential/<uuid>" or NULL */
 	char *api_secret_file; /* NULL or a path */
 	char *api_secret;      /* from NUVLAEDGE_API_SECRET only; never printed */
 	char *nuvlaedge_dir;

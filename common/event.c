@@ -73,7 +73,8 @@ enum nbe_phase nbe_event_phase_for_name(const char *name)
 		return NBE_PHASE_COMPLETED;
 	if (ends_with(name, ".failed"))
 		return NBE_PHASE_FAILED;
-	if (strncmp(name, "nuvlabox.", 9) == 0 && nbe_event_is_lifecycle_op(name + 9, strlen(name + 9)))
+	if (strncmp(name, "nuvlabox.", 9) == 0 &&
+	    nbe_event_is_lifecycle_op(name + 9, strlen(name + 9)))
 		return NBE_PHASE_STARTED;
 	return NBE_PHASE_NONE;
 }
@@ -230,13 +231,14 @@ static int build_details(const struct nbe_event_input *in, char **ret, struct nb
 		memcpy(key, *p, klen);
 		key[klen] = '\0';
 		if (strlen(eq + 1) > NBE_DETAILS_MAX) {
-			r = nbe_error_set(err, -E2BIG, "--detail %s: value over the limit of %d bytes",
-					  key, NBE_DETAILS_MAX);
+			r = nbe_error_set(err, -E2BIG,
+					  "--detail %s: value over the limit of %d bytes", key,
+					  NBE_DETAILS_MAX);
 			goto err_delete;
 		}
 		if (!nbe_utf8_valid(eq + 1, strlen(eq + 1), &bad)) {
-			r = nbe_error_set(err, -EINVAL, "--detail %s: invalid UTF-8 at byte %zu", key,
-					  bad);
+			r = nbe_error_set(err, -EINVAL, "--detail %s: invalid UTF-8 at byte %zu",
+					  key, bad);
 			goto err_delete;
 		}
 		r = check_detail_key(obj, key, err);
@@ -301,8 +303,8 @@ static int build_links(const char *const *links, char **ret, struct nbe_error *e
 	return 0;
 }
 
-int nbe_event_init_capture(struct nbe_event *ev, const struct nbe_event_input *in,
-			   int64_t wall_ms, int64_t boottime_ms, const char *boot_id, bool synced,
+int nbe_event_init_capture(struct nbe_event *ev, const struct nbe_event_input *in, int64_t wall_ms,
+			   int64_t boottime_ms, const char *boot_id, bool synced,
 			   struct nbe_error *err)
 {
 	struct nbe_event e = { 0 };
@@ -314,9 +316,10 @@ int nbe_event_init_capture(struct nbe_event *ev, const struct nbe_event_input *i
 	if (strlen(in->name) > NBE_NAME_MAX)
 		return nbe_error_set(err, -E2BIG, "event name longer than %d bytes", NBE_NAME_MAX);
 	if (!nbe_event_name_valid(in->name))
-		return nbe_error_set(err, -EINVAL,
-				     "event name '%.128s' does not match ^[a-z0-9][a-z0-9._-]{0,127}$",
-				     in->name);
+		return nbe_error_set(
+			err, -EINVAL,
+			"event name '%.128s' does not match ^[a-z0-9][a-z0-9._-]{0,127}$",
+			in->name);
 	memcpy(e.name, in->name, strlen(in->name) + 1);
 	e.phase = nbe_event_phase_for_name(e.name);
 	e.severity = NBE_SEV_MEDIUM;

@@ -14,14 +14,14 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define NBE_NAME_MAX 128
-#define NBE_MESSAGE_MAX 4096
-#define NBE_DETAILS_MAX 16384
-#define NBE_WIRE_MAX 32768
+#define NBE_NAME_MAX	   128
+#define NBE_MESSAGE_MAX	   4096
+#define NBE_DETAILS_MAX	   16384
+#define NBE_WIRE_MAX	   32768
 #define NBE_DETAIL_KEY_MAX 64
 
 /* Names the agent itself uses. */
-#define NBE_EVENT_DROPPED "agent.events.dropped"
+#define NBE_EVENT_DROPPED      "agent.events.dropped"
 #define NBE_EVENT_BUFFER_RESET "agent.buffer.reset"
 
 enum nbe_severity {
@@ -46,16 +46,16 @@ enum nbe_state {
 
 struct nbe_event {
 	/* identity and content, fixed at capture */
-	char id[NBE_UUID_LEN + 1];    /* device event id, UUID v4 */
-	int64_t seq;                  /* buffer sequence (upload order); 0 until stored */
+	char id[NBE_UUID_LEN + 1]; /* device event id, UUID v4 */
+	int64_t seq;		   /* buffer sequence (upload order); 0 until stored */
 	char name[NBE_NAME_MAX + 1];
 	enum nbe_severity severity;
 	enum nbe_phase phase;
-	char *message;                /* NULL or UTF-8, <= NBE_MESSAGE_MAX bytes */
-	char *details;                /* JSON object text, never NULL once valid */
-	char *job;                    /* NULL or "job/<id>" */
-	char *parent;                 /* as recorded: NULL, an href, or a device event id */
-	char *links;                  /* NULL or a JSON array of extra linked hrefs */
+	char *message; /* NULL or UTF-8, <= NBE_MESSAGE_MAX bytes */
+	char *details; /* JSON object text, never NULL once valid */
+	char *job;     /* NULL or "job/<id>" */
+	char *parent;  /* as recorded: NULL, an href, or a device event id */
+	char *links;   /* NULL or a JSON array of extra linked hrefs */
 
 	/* time at capture */
 	int64_t wall_ms;
@@ -64,13 +64,13 @@ struct nbe_event {
 	bool clock_synced;
 
 	/* local linkage, set by the buffer at capture */
-	int64_t parent_seq;           /* 0 or the seq of a local parent event */
+	int64_t parent_seq;		     /* 0 or the seq of a local parent event */
 	char parent_local[NBE_UUID_LEN + 1]; /* its device event id, "" if none */
-	char *parent_fallback;        /* href used if the local parent never gets a server id */
+	char *parent_fallback; /* href used if the local parent never gets a server id */
 
 	/* delivery */
 	enum nbe_state state;
-	char *server_id;              /* "event/<uuid>" once sent */
+	char *server_id; /* "event/<uuid>" once sent */
 	int64_t attempts;
 	int64_t next_attempt_ms;
 	char *last_error;
@@ -104,13 +104,13 @@ int nbe_state_parse(const char *s, enum nbe_state *ret);
  */
 struct nbe_event_input {
 	const char *name;
-	const char *severity;    /* NULL = default ("medium") */
-	const char *job;         /* NULL or "job/<id>" */
-	const char *parent;      /* NULL, an href or a device event id */
-	const char *message;     /* NULL or text */
-	const char *details_json; /* NULL or a JSON object */
+	const char *severity;		 /* NULL = default ("medium") */
+	const char *job;		 /* NULL or "job/<id>" */
+	const char *parent;		 /* NULL, an href or a device event id */
+	const char *message;		 /* NULL or text */
+	const char *details_json;	 /* NULL or a JSON object */
 	const char *const *detail_pairs; /* NULL-terminated "KEY=VALUE" strings, may be NULL */
-	const char *const *links; /* NULL-terminated extra hrefs for linked-identifiers */
+	const char *const *links;	 /* NULL-terminated extra hrefs for linked-identifiers */
 };
 
 /*
@@ -119,8 +119,8 @@ struct nbe_event_input {
  * @boot_id, @synced). On failure returns -EINVAL (bad input; -E2BIG/-EMSGSIZE
  * when over a limit; -ENOMEM) with a message in @err, and @ev stays zeroed.
  */
-int nbe_event_init_capture(struct nbe_event *ev, const struct nbe_event_input *in,
-			   int64_t wall_ms, int64_t boottime_ms, const char *boot_id, bool synced,
+int nbe_event_init_capture(struct nbe_event *ev, const struct nbe_event_input *in, int64_t wall_ms,
+			   int64_t boottime_ms, const char *boot_id, bool synced,
 			   struct nbe_error *err);
 
 /* Keys of content.resource.content that the agent sets itself. */

@@ -62,11 +62,25 @@ int nbe_parse_size(const char *s, int64_t *ret_bytes)
 		if (end[1] != '\0' && !((end[1] == 'B' || end[1] == 'b') && end[2] == '\0'))
 			return -EINVAL;
 		switch (*end) {
-		case 'K': case 'k': mul = 1024; break;
-		case 'M': case 'm': mul = 1024 * 1024; break;
-		case 'G': case 'g': mul = 1024 * 1024 * 1024; break;
-		case 'B': case 'b': if (end[1] != '\0') return -EINVAL; break;
-		default: return -EINVAL;
+		case 'K':
+		case 'k':
+			mul = 1024;
+			break;
+		case 'M':
+		case 'm':
+			mul = 1024 * 1024;
+			break;
+		case 'G':
+		case 'g':
+			mul = 1024 * 1024 * 1024;
+			break;
+		case 'B':
+		case 'b':
+			if (end[1] != '\0')
+				return -EINVAL;
+			break;
+		default:
+			return -EINVAL;
 		}
 	}
 	return scale(v, mul, ret_bytes);

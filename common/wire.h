@@ -20,12 +20,12 @@
 
 struct nbe_wire_ctx {
 	const char *nuvlabox_id;   /* "nuvlabox/<uuid>", required */
-	const char *owner;         /* "user/<uuid>" or NULL when unknown */
+	const char *owner;	   /* "user/<uuid>" or NULL when unknown */
 	const char *agent_version; /* required */
 	const char *parent_href;   /* the resolved parent, or NULL for none */
-	int64_t now_ms;            /* the uploader's wall clock... */
-	bool now_synced;           /* ...and whether it is synchronised */
-	int64_t restamp_ms;        /* > 0: corrected capture time (DESIGN §5 Clock) */
+	int64_t now_ms;		   /* the uploader's wall clock... */
+	bool now_synced;	   /* ...and whether it is synchronised */
+	int64_t restamp_ms;	   /* > 0: corrected capture time (DESIGN §5 Clock) */
 };
 
 /*

@@ -7,7 +7,7 @@
 #include <stddef.h>
 
 #define NBE_BOOT_ID_FILE "/proc/sys/kernel/random/boot_id"
-#define NBE_BOOT_ID_LEN 36
+#define NBE_BOOT_ID_LEN	 36
 
 /*
  * Reads the boot id (a UUID, 36 characters) from @path (normally

@@ -198,15 +198,14 @@ static void test_foreach(void **state)
 	for (int i = 0; i < 6; i++)
 		assert_int_equal(c.seqs[i], s[i]);
 	memset(&c, 0, sizeof(c));
-	assert_int_equal(nbe_buffer_foreach(b, NBE_STATE_MASK(NBE_STATE_PENDING), 0, collect, &c,
-					    &err),
-			 0);
+	assert_int_equal(
+		nbe_buffer_foreach(b, NBE_STATE_MASK(NBE_STATE_PENDING), 0, collect, &c, &err), 0);
 	assert_int_equal(c.n, 3);
 	assert_int_equal(c.seqs[1], 3);
 	memset(&c, 0, sizeof(c));
-	assert_int_equal(nbe_buffer_foreach(b, NBE_STATE_MASK(NBE_STATE_SENT) |
-						       NBE_STATE_MASK(NBE_STATE_DEAD),
-					    2, collect, &c, &err),
+	assert_int_equal(nbe_buffer_foreach(
+				 b, NBE_STATE_MASK(NBE_STATE_SENT) | NBE_STATE_MASK(NBE_STATE_DEAD),
+				 2, collect, &c, &err),
 			 0);
 	assert_int_equal(c.n, 2);
 	assert_int_equal(c.seqs[0], 2);
@@ -532,8 +531,8 @@ static void test_critical_never_evicted(void **state)
 	assert_string_equal(d, "cccccccRcc");
 
 	/* once the report was tried, later drops go into a new one */
-	raw_sql(dir, "UPDATE events SET state = 1, server_id = 'event/r' WHERE name = '"
-		     NBE_EVENT_DROPPED "'");
+	raw_sql(dir, "UPDATE events SET state = 1, server_id = 'event/r' WHERE name = "
+		     "'" NBE_EVENT_DROPPED "'");
 	tu_append(b, "x", "critical", NULL, NULL, NULL); /* evicts the sent report */
 	describe(b, d);
 	assert_string_equal(d, "cccccccccc");
@@ -557,9 +556,9 @@ static void test_byte_cap(void **state)
 					      .details_json = details };
 		struct nbe_event ev = { 0 };
 
-		assert_int_equal(nbe_event_init_capture(&ev, &in, 1772360142123, 1, TU_BOOT_ID,
-							 true, &err),
-				 0);
+		assert_int_equal(
+			nbe_event_init_capture(&ev, &in, 1772360142123, 1, TU_BOOT_ID, true, &err),
+			0);
 		if (nbe_buffer_append(b, &ev, &err) != 0)
 			fail_msg("append %d: %s", i, err.msg);
 		nbe_event_clear(&ev);
@@ -715,9 +714,9 @@ static void test_quarantine_truncated(void **state)
 	for (int i = 0; i < 400; i++) {
 		struct nbe_event_input in = { .name = "keep", .details_json = details };
 		struct nbe_event ev = { 0 };
-		assert_int_equal(nbe_event_init_capture(&ev, &in, 1772360142123, 1, TU_BOOT_ID,
-							 true, &err),
-				 0);
+		assert_int_equal(
+			nbe_event_init_capture(&ev, &in, 1772360142123, 1, TU_BOOT_ID, true, &err),
+			0);
 		assert_int_equal(nbe_buffer_append(b, &ev, &err), 0);
 		nbe_event_clear(&ev);
 	}
@@ -748,9 +747,10 @@ static void test_foreign_and_newer(void **state)
 	/* a file of a newer agent: refused, untouched */
 	{
 		char sql[128];
-		snprintf(sql, sizeof(sql),
-			 "CREATE TABLE t (x); PRAGMA application_id = %d; PRAGMA user_version = 99;",
-			 NBE_BUFFER_APPLICATION_ID);
+		snprintf(
+			sql, sizeof(sql),
+			"CREATE TABLE t (x); PRAGMA application_id = %d; PRAGMA user_version = 99;",
+			NBE_BUFFER_APPLICATION_ID);
 		raw_sql(dir, sql);
 	}
 	snprintf(path, sizeof(path), "%s/events.db", dir);

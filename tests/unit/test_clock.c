@@ -41,7 +41,8 @@ static void test_sync_file(void **state)
 
 static void test_clocks(void **state)
 {
-	int64_t w = nbe_clock_wall_ms(), b1 = nbe_clock_boottime_ms(), m1 = nbe_clock_monotonic_ms();
+	int64_t w = nbe_clock_wall_ms(), b1 = nbe_clock_boottime_ms(),
+		m1 = nbe_clock_monotonic_ms();
 	struct timespec ts = { 0, 20 * 1000 * 1000 };
 
 	(void)state;

@@ -120,20 +120,21 @@ static void test_defaults(void **state)
 
 static void test_file(void **state)
 {
-	const char *text = "# comment\n"
-			   "\n"
-			   "  endpoint = nuvla.example.org:8443/  \n"
-			   "nuvlabox_id=1C56A9B8-0000-4000-8000-000000000001\n"
-			   "insecure = yes # trailing comment\n"
-			   "ca_file = \"/etc/ssl/ca #1.pem\"\n"
-			   "max_buffer_bytes = 512K\n"
-			   "max_events = 5000\n"
-			   "retry_base = 500ms\n"
-			   "retry_cap = 1h\n"
-			   "request_timeout = 10s\n"
-			   "authorized_keys = /root/.ssh/authorized_keys, /home/a/.ssh/authorized_keys\n"
-			   "log_level = debug\r\n"
-			   "api_key = credential/0a1b2c\n";
+	const char *text =
+		"# comment\n"
+		"\n"
+		"  endpoint = nuvla.example.org:8443/  \n"
+		"nuvlabox_id=1C56A9B8-0000-4000-8000-000000000001\n"
+		"insecure = yes # trailing comment\n"
+		"ca_file = \"/etc/ssl/ca #1.pem\"\n"
+		"max_buffer_bytes = 512K\n"
+		"max_events = 5000\n"
+		"retry_base = 500ms\n"
+		"retry_cap = 1h\n"
+		"request_timeout = 10s\n"
+		"authorized_keys = /root/.ssh/authorized_keys, /home/a/.ssh/authorized_keys\n"
+		"log_level = debug\r\n"
+		"api_key = credential/0a1b2c\n";
 	struct nbe_config c;
 	struct nbe_error err = { { 0 } };
 
@@ -168,7 +169,8 @@ static void test_file_errors(void **state)
 		{ "bogus = 1\n", "f.conf:1: unknown key 'bogus'" },
 		{ "\n\nmax_events = lots\n", "f.conf:3: max_events: 'lots' is not a valid number" },
 		{ "max_events = 5\n", "f.conf:1: max_events: '5' is out of range" },
-		{ "max_buffer_bytes = 64Q\n", "f.conf:1: max_buffer_bytes: '64Q' is not a valid size" },
+		{ "max_buffer_bytes = 64Q\n",
+		  "f.conf:1: max_buffer_bytes: '64Q' is not a valid size" },
 		{ "max_buffer_bytes = 1K\n", "out of range" },
 		{ "retry_cap = soon\n", "f.conf:1: retry_cap: 'soon' is not a valid duration" },
 		{ "insecure = perhaps\n", "f.conf:1: insecure: 'perhaps' is not true or false" },
@@ -179,7 +181,8 @@ static void test_file_errors(void **state)
 		{ "log_level = loud\n", "f.conf:1: log_level" },
 		{ "just words\n", "f.conf:1: expected 'key = value'" },
 		{ "state_dir =\n", "f.conf:1: state_dir: empty value" },
-		{ "max_events = 50\nmax_events = 60\n", "f.conf:2: 'max_events' already set on line 1" },
+		{ "max_events = 50\nmax_events = 60\n",
+		  "f.conf:2: 'max_events' already set on line 1" },
 		{ "authorized_keys = relative/path\n", "not an absolute path" },
 		{ "log_level = info\xff\n", "invalid UTF-8" },
 		{ "max_in_flight = 65\n", "out of range" },
@@ -223,12 +226,18 @@ static void test_validate(void **state)
 static void test_env_and_precedence(void **state)
 {
 	static const char *const env[] = {
-		"NUVLA_ENDPOINT",	   "nuvla.env.org",
-		"NUVLABOX_UUID",	   "00000000-0000-4000-8000-000000000001",
-		"NUVLAEDGE_UUID",	   "00000000-0000-4000-8000-000000000002",
-		"NUVLA_ENDPOINT_INSECURE", "true",
-		"NUVLAEDGE_API_KEY",	   "credential/env",
-		"NUVLAEDGE_API_SECRET",	   "s3cr3t",
+		"NUVLA_ENDPOINT",
+		"nuvla.env.org",
+		"NUVLABOX_UUID",
+		"00000000-0000-4000-8000-000000000001",
+		"NUVLAEDGE_UUID",
+		"00000000-0000-4000-8000-000000000002",
+		"NUVLA_ENDPOINT_INSECURE",
+		"true",
+		"NUVLAEDGE_API_KEY",
+		"credential/env",
+		"NUVLAEDGE_API_SECRET",
+		"s3cr3t",
 		NULL,
 	};
 	static const char *const bad_env[] = { "NUVLABOX_UUID", "nope", NULL };

@@ -56,8 +56,8 @@ static void test_name_pattern(void **state)
 
 static void test_phase_for_name(void **state)
 {
-	static const char *const ops[] = { "activate",	   "commission", "decommission",
-					   "reboot",	   "add-ssh-key", "revoke-ssh-key" };
+	static const char *const ops[] = { "activate", "commission",  "decommission",
+					   "reboot",   "add-ssh-key", "revoke-ssh-key" };
 	char name[64];
 
 	(void)state;
@@ -192,17 +192,41 @@ static void test_bad_inputs(void **state)
 		{ "overlong utf8", { .name = "x", .message = "\xc0\xaf" }, -EINVAL, "UTF-8" },
 		{ "surrogate", { .name = "x", .message = "\xed\xa0\x80" }, -EINVAL, "UTF-8" },
 		{ "details array", { .name = "x", .details_json = "[1]" }, -EINVAL, "JSON object" },
-		{ "details string", { .name = "x", .details_json = "\"s\"" }, -EINVAL, "JSON object" },
-		{ "details invalid", { .name = "x", .details_json = "{\"a\":" }, -EINVAL, "invalid JSON" },
-		{ "details trailing", { .name = "x", .details_json = "{} x" }, -EINVAL, "invalid JSON" },
-		{ "details utf8", { .name = "x", .details_json = "{\"a\":\"\xfe\"}" }, -EINVAL, "UTF-8" },
-		{ "details size", { .name = "x", .details_json = det_big }, -E2BIG, "over the limit" },
-		{ "details reserved", { .name = "x", .details_json = "{\"clock\":1}" }, -EINVAL, "reserved" },
-		{ "details dup", { .name = "x", .details_json = "{\"a\":1,\"a\":2}" }, -EINVAL, "twice" },
+		{ "details string",
+		  { .name = "x", .details_json = "\"s\"" },
+		  -EINVAL,
+		  "JSON object" },
+		{ "details invalid",
+		  { .name = "x", .details_json = "{\"a\":" },
+		  -EINVAL,
+		  "invalid JSON" },
+		{ "details trailing",
+		  { .name = "x", .details_json = "{} x" },
+		  -EINVAL,
+		  "invalid JSON" },
+		{ "details utf8",
+		  { .name = "x", .details_json = "{\"a\":\"\xfe\"}" },
+		  -EINVAL,
+		  "UTF-8" },
+		{ "details size",
+		  { .name = "x", .details_json = det_big },
+		  -E2BIG,
+		  "over the limit" },
+		{ "details reserved",
+		  { .name = "x", .details_json = "{\"clock\":1}" },
+		  -EINVAL,
+		  "reserved" },
+		{ "details dup",
+		  { .name = "x", .details_json = "{\"a\":1,\"a\":2}" },
+		  -EINVAL,
+		  "twice" },
 		{ "pair no =", { .name = "x", .detail_pairs = p_noeq }, -EINVAL, "KEY=VALUE" },
 		{ "pair key", { .name = "x", .detail_pairs = p_badkey }, -EINVAL, "key" },
 		{ "pair empty key", { .name = "x", .detail_pairs = p_emptykey }, -EINVAL, "key" },
-		{ "pair reserved", { .name = "x", .detail_pairs = p_reserved }, -EINVAL, "reserved" },
+		{ "pair reserved",
+		  { .name = "x", .detail_pairs = p_reserved },
+		  -EINVAL,
+		  "reserved" },
 		{ "pair dup", { .name = "x", .detail_pairs = p_dup }, -EINVAL, "twice" },
 		{ "pair dup json",
 		  { .name = "x", .details_json = "{\"n\":0}", .detail_pairs = p_dupjson },
@@ -228,7 +252,9 @@ static void test_bad_inputs(void **state)
 
 	/* the limits themselves are accepted */
 	{
-		struct nbe_event_input ok1 = { .name = "x", .message = msg_ok, .details_json = det_ok };
+		struct nbe_event_input ok1 = { .name = "x",
+					       .message = msg_ok,
+					       .details_json = det_ok };
 		assert_int_equal(capture(&ok1, &ev, &err), 0);
 		assert_int_equal(strlen(ev.details), NBE_DETAILS_MAX);
 		nbe_event_clear(&ev);
@@ -249,7 +275,7 @@ static void test_utf8(void **state)
 	(void)state;
 	assert_true(nbe_utf8_valid("", 0, NULL));
 	assert_true(nbe_utf8_valid("a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 10, NULL));
-	assert_true(nbe_utf8_valid("\xf4\x8f\xbf\xbf", 4, NULL)); /* U+10FFFF */
+	assert_true(nbe_utf8_valid("\xf4\x8f\xbf\xbf", 4, NULL));  /* U+10FFFF */
 	assert_false(nbe_utf8_valid("\xf4\x90\x80\x80", 4, &off)); /* > U+10FFFF */
 	assert_int_equal(off, 0);
 	assert_false(nbe_utf8_valid("ab\xe0\x80\x80", 5, &off)); /* overlong */
@@ -300,10 +326,10 @@ static void test_alloc_failures(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_name_pattern),	cmocka_unit_test(test_phase_for_name),
-		cmocka_unit_test(test_enums),		cmocka_unit_test(test_capture_defaults),
-		cmocka_unit_test(test_details_merge),	cmocka_unit_test(test_bad_inputs),
-		cmocka_unit_test(test_utf8),		cmocka_unit_test(test_alloc_failures),
+		cmocka_unit_test(test_name_pattern),  cmocka_unit_test(test_phase_for_name),
+		cmocka_unit_test(test_enums),	      cmocka_unit_test(test_capture_defaults),
+		cmocka_unit_test(test_details_merge), cmocka_unit_test(test_bad_inputs),
+		cmocka_unit_test(test_utf8),	      cmocka_unit_test(test_alloc_failures),
 	};
 
 	nbe_json_install_hooks();

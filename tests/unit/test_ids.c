@@ -29,7 +29,7 @@ static void test_uuid_v4(void **state)
 		assert_int_equal(nbe_uuid_v4(ids[i]), 0);
 		assert_int_equal(strlen(ids[i]), NBE_UUID_LEN);
 		assert_true(nbe_uuid_valid(ids[i]));
-		assert_int_equal(ids[i][14], '4'); /* version */
+		assert_int_equal(ids[i][14], '4');	     /* version */
 		assert_non_null(strchr("89ab", ids[i][19])); /* variant */
 		for (int k = 0; k < NBE_UUID_LEN; k++)
 			assert_false(ids[i][k] >= 'A' && ids[i][k] <= 'F');
@@ -113,8 +113,10 @@ static void test_nuvlabox_normalize(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_uuid_v4),	   cmocka_unit_test(test_uuid_valid),
-		cmocka_unit_test(test_href),	   cmocka_unit_test(test_principal),
+		cmocka_unit_test(test_uuid_v4),
+		cmocka_unit_test(test_uuid_valid),
+		cmocka_unit_test(test_href),
+		cmocka_unit_test(test_principal),
 		cmocka_unit_test(test_nuvlabox_normalize),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -20,11 +20,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define NB "nuvlabox/1c56a9b8-3e2f-4c1d-9b0a-7f6e5d4c3b2a"
-#define OWNER "user/0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
-#define JOB "job/9f0c1d2e-3f4a-4b5c-8d6e-7f8091a2b3c4"
+#define NB	     "nuvlabox/1c56a9b8-3e2f-4c1d-9b0a-7f6e5d4c3b2a"
+#define OWNER	     "user/0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
+#define JOB	     "job/9f0c1d2e-3f4a-4b5c-8d6e-7f8091a2b3c4"
 #define PARENT_EVENT "event/4a5b6c7d-8e9f-4a0b-8c1d-2e3f4a5b6c7d"
-#define NOW INT64_C(1772360142123) /* 2026-03-01T10:15:42.123Z */
+#define NOW	     INT64_C(1772360142123) /* 2026-03-01T10:15:42.123Z */
 
 static struct nbe_wire_ctx base_ctx(void)
 {
@@ -78,8 +78,8 @@ static void check_golden(const char *name, const char *body)
 	if (strlen(want) > 0 && want[strlen(want) - 1] == '\n')
 		want[strlen(want) - 1] = '\0';
 	if (strcmp(want, pretty) != 0)
-		fail_msg("%s differs from the golden file:\n--- got\n%s\n--- want\n%s", name, pretty,
-			 want);
+		fail_msg("%s differs from the golden file:\n--- got\n%s\n--- want\n%s", name,
+			 pretty, want);
 	free(want);
 	nbe_free(pretty);
 }
@@ -92,8 +92,8 @@ static void test_golden_lifecycle(void **state)
 		const char *op;
 		bool job;
 	} ops[] = {
-		{ "activate", false },	{ "commission", false },  { "decommission", true },
-		{ "reboot", true },	{ "add-ssh-key", true },	  { "revoke-ssh-key", true },
+		{ "activate", false }, { "commission", false }, { "decommission", true },
+		{ "reboot", true },    { "add-ssh-key", true }, { "revoke-ssh-key", true },
 	};
 	char name[96], golden[96];
 
@@ -118,7 +118,8 @@ static void test_golden_lifecycle(void **state)
 		ctx.parent_href = PARENT_EVENT;
 		if (i == 0) {
 			/* activate: linked to the credential it produced */
-			ev.links = nbe_strdup("[\"credential/5c6d7e8f-9a0b-4c1d-8e2f-3a4b5c6d7e8f\"]");
+			ev.links =
+				nbe_strdup("[\"credential/5c6d7e8f-9a0b-4c1d-8e2f-3a4b5c6d7e8f\"]");
 			ev.details = (nbe_free(ev.details), nbe_strdup("{\"via\":\"nuvlaedge\"}"));
 		}
 		body = build(&ev, &ctx);
@@ -378,10 +379,14 @@ static void test_alloc_failures(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_golden_lifecycle), cmocka_unit_test(test_timestamp),
-		cmocka_unit_test(test_clock_states),	 cmocka_unit_test(test_links_and_acl),
-		cmocka_unit_test(test_no_phase_no_state), cmocka_unit_test(test_message_is_description),
-		cmocka_unit_test(test_errors),		 cmocka_unit_test(test_alloc_failures),
+		cmocka_unit_test(test_golden_lifecycle),
+		cmocka_unit_test(test_timestamp),
+		cmocka_unit_test(test_clock_states),
+		cmocka_unit_test(test_links_and_acl),
+		cmocka_unit_test(test_no_phase_no_state),
+		cmocka_unit_test(test_message_is_description),
+		cmocka_unit_test(test_errors),
+		cmocka_unit_test(test_alloc_failures),
 	};
 
 	nbe_json_install_hooks();
