@@ -119,7 +119,8 @@ int cli_parse(struct cli *c, int argc, char **argv, const struct option *opts, c
 		switch (opt) {
 		case 'h': {
 			const struct command *cmd = find_command(c->command);
-			printf("usage: %s %s\n\nSee nuvlabox-event(1).\n", c->prog, cmd->usage);
+			printf("usage: %s %s\n\nSee nuvlabox-event(1).\n", c->prog,
+			       cmd ? cmd->usage : "COMMAND");
 			return CLI_HELP_SHOWN;
 		}
 		case ':':

@@ -27,12 +27,14 @@
 /* How far salvage jumps over unreadable rows before giving up. */
 #define SALVAGE_MAX_JUMPS 64
 
-/* The columns every event query returns, in row_to_event() order. */
-#define EVENT_COLS                                                                                 \
+/* The columns every event query returns, in row_to_event() order; @wire is
+ * the expression for the wire column (NULL for schema version 1 files). */
+#define EVENT_COLS_WITH(wire)                                                                      \
 	"seq, id, name, severity, phase, message, details, job, parent, links, wall_ms, "          \
 	"boottime_ms, boot_id, clock_synced, parent_seq, parent_fallback, state, server_id, "      \
-	"attempts, next_attempt_ms, last_error, in_doubt, "                                        \
+	"attempts, next_attempt_ms, last_error, in_doubt, " wire ", "                              \
 	"(SELECT p.id FROM events p WHERE p.seq = events.parent_seq)"
+#define EVENT_COLS EVENT_COLS_WITH("wire")
 
 enum stmt_id {
 	ST_BEGIN,
@@ -61,6 +63,14 @@ enum stmt_id {
 	ST_NEXT_ATTEMPT,
 	ST_FOREACH,
 	ST_PARENT_STATE,
+	ST_PENDING,
+	ST_MARK_SENT,
+	ST_MARK_DEAD,
+	ST_MARK_RETRY,
+	ST_RETRY_DEAD_ALL,
+	ST_RETRY_DEAD_ONE,
+	ST_PRUNE_SENT,
+	ST_RECOVER,
 	ST__MAX,
 };
 
@@ -71,8 +81,8 @@ static const char *const stmt_sql[ST__MAX] = {
 	[ST_INSERT] = "INSERT INTO events (seq, id, name, severity, phase, message, details, job, "
 		      "parent, links, wall_ms, boottime_ms, boot_id, clock_synced, parent_seq, "
 		      "parent_fallback, state, server_id, attempts, next_attempt_ms, last_error, "
-		      "in_doubt) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, "
-		      "?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+		      "in_doubt, wire) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, "
+		      "?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
 	[ST_BY_ID] = "SELECT " EVENT_COLS " FROM events WHERE id = ?1",
 	[ST_BY_SEQ] = "SELECT " EVENT_COLS " FROM events WHERE seq = ?1",
 	[ST_BY_SERVER_ID] = "SELECT " EVENT_COLS " FROM events WHERE server_id = ?1",
@@ -108,6 +118,26 @@ static const char *const stmt_sql[ST__MAX] = {
 	[ST_NEXT_ATTEMPT] = "SELECT min(next_attempt_ms) FROM events WHERE state = 0",
 	[ST_FOREACH] = "SELECT " EVENT_COLS " FROM events WHERE ((1 << state) & ?1) != 0 AND "
 		       "seq > ?2 ORDER BY seq LIMIT ?3",
+	[ST_PENDING] =
+		"SELECT " EVENT_COLS " FROM events WHERE state = 0 AND seq > ?1 ORDER BY seq "
+		"LIMIT ?2",
+	[ST_MARK_SENT] = "UPDATE events SET state = 1, server_id = ?2, wire = ?3, in_doubt = 0, "
+			 "last_error = NULL, attempts = attempts + 1 WHERE seq = ?1 AND state = 0",
+	[ST_MARK_DEAD] = "UPDATE events SET state = 2, last_error = ?2, in_doubt = 0, attempts = "
+			 "attempts + 1 WHERE seq = ?1 AND state = 0",
+	[ST_MARK_RETRY] =
+		"UPDATE events SET attempts = attempts + 1, last_error = ?2, in_doubt = ?3, "
+		"next_attempt_ms = ?4 WHERE seq = ?1 AND state = 0",
+	[ST_RETRY_DEAD_ALL] =
+		"UPDATE events SET state = 0, in_doubt = 0, next_attempt_ms = 0 WHERE "
+		"state = 2",
+	[ST_RETRY_DEAD_ONE] =
+		"UPDATE events SET state = 0, in_doubt = 0, next_attempt_ms = 0 WHERE "
+		"seq = ?1 AND state = 2",
+	/* keep the newest keep_sent sent events */
+	[ST_PRUNE_SENT] = "DELETE FROM events WHERE state = 1 AND seq <= (SELECT seq FROM events "
+			  "WHERE state = 1 ORDER BY seq DESC LIMIT 1 OFFSET ?1)",
+	[ST_RECOVER] = "UPDATE events SET in_doubt = 1 WHERE state = 0 AND seq <= ?1",
 	[ST_PARENT_STATE] = "SELECT state, server_id, parent, parent_seq, parent_fallback, job "
 			    "FROM events WHERE seq = ?1",
 };
@@ -153,8 +183,12 @@ static const char schema_v1[] =
 	" UPDATE counts SET n = n - 1 WHERE state = OLD.state;"
 	" UPDATE counts SET n = n + 1 WHERE state = NEW.state; END;";
 
+/* Version 2: the body as posted, so `show` prints what the server got. */
+static const char schema_v2[] = "ALTER TABLE events ADD COLUMN wire TEXT;";
+
 static const char *const migrations[] = {
 	schema_v1, /* 0 -> 1 */
+	schema_v2, /* 1 -> 2 */
 };
 
 struct nbe_buffer {
@@ -341,7 +375,8 @@ static int row_to_event(sqlite3_stmt *st, struct nbe_event *ev)
 	ev->next_attempt_ms = sqlite3_column_int64(st, 19);
 	ev->last_error = column_strdup(st, 20, &oom);
 	ev->in_doubt = sqlite3_column_int(st, 21) != 0;
-	column_copy(st, 22, ev->parent_local, sizeof(ev->parent_local));
+	ev->wire = column_strdup(st, 22, &oom);
+	column_copy(st, 23, ev->parent_local, sizeof(ev->parent_local));
 	if (!ev->details && !oom)
 		ev->details = nbe_strdup("{}");
 	if (oom || !ev->details) {
@@ -618,6 +653,7 @@ static int insert_event(struct nbe_buffer *b, const struct nbe_event *ev, bool k
 	sqlite3_bind_int64(st, 20, ev->next_attempt_ms);
 	bind_text_or_null(st, 21, ev->last_error);
 	sqlite3_bind_int(st, 22, ev->in_doubt);
+	bind_text_or_null(st, 23, ev->wire);
 	r = step_done(b, st, err, "inserting an event");
 	if (r < 0)
 		return r;
@@ -794,8 +830,8 @@ static int make_room(struct nbe_buffer *b, const struct nbe_event *ev, struct dr
 	int64_t need = row_bytes(ev) / b->page_size + ROW_OVERHEAD_PAGES;
 
 	for (;;) {
-		int64_t pages, freelist, counts[3], seq, extra = dc->need_report ? 1 : 0;
-		int sev, state, r;
+		int64_t pages, freelist, counts[3], seq = 0, extra = dc->need_report ? 1 : 0;
+		int sev = 0, state = 0, r;
 
 		r = step_int(b, b->st[ST_PAGE_COUNT], &pages, err);
 		if (r < 0)
@@ -833,7 +869,7 @@ static int make_room(struct nbe_buffer *b, const struct nbe_event *ev, struct dr
 		else
 			dc->pending[sev]++;
 		if (!dc->checked_report) {
-			bool exists;
+			bool exists = false;
 			r = open_report_exists(b, &exists, err);
 			if (r < 0)
 				return r;
@@ -1297,6 +1333,190 @@ int nbe_buffer_resolve_parent(struct nbe_buffer *b, const struct nbe_event *ev, 
 	return 0;
 }
 
+int nbe_buffer_pending(struct nbe_buffer *b, int64_t after_seq, size_t max, struct nbe_event *ret,
+		       size_t *ret_n, struct nbe_error *err)
+{
+	sqlite3_stmt *st = b->st[ST_PENDING];
+	size_t n = 0;
+	int rc, r = 0;
+
+	sqlite3_bind_int64(st, 1, after_seq);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)max);
+	while (n < max && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+		r = row_to_event(st, &ret[n]);
+		if (r < 0)
+			break;
+		n++;
+	}
+	sqlite3_reset(st);
+	if (r == 0 && n < max && rc != SQLITE_DONE)
+		r = db_error(b, rc, err, "reading pending events");
+	else if (r < 0)
+		nbe_error_set(err, r, "out of memory");
+	if (r < 0) {
+		for (size_t i = 0; i < n; i++)
+			nbe_event_clear(&ret[i]);
+		return r;
+	}
+	*ret_n = n;
+	return 0;
+}
+
+int nbe_buffer_inflight_mark(struct nbe_buffer *b, int64_t *ret, struct nbe_error *err)
+{
+	char *v = NULL;
+	int64_t mark = 0;
+	int r = nbe_buffer_meta_get(b, "inflight_mark", &v, err);
+
+	if (r < 0)
+		return r;
+	if (v && nbe_parse_int64(v, 0, INT64_MAX, &mark) < 0)
+		mark = INT64_MAX; /* unreadable: assume everything may be in flight */
+	nbe_free(v);
+	*ret = mark;
+	return 0;
+}
+
+int nbe_buffer_set_inflight_mark(struct nbe_buffer *b, int64_t seq, struct nbe_error *err)
+{
+	char num[32];
+
+	snprintf(num, sizeof(num), "%" PRId64, seq);
+	return nbe_buffer_meta_set(b, "inflight_mark", num, err); /* durable: FULL */
+}
+
+int nbe_buffer_recover_inflight(struct nbe_buffer *b, int64_t *ret_n, struct nbe_error *err)
+{
+	int64_t mark;
+	int r = nbe_buffer_inflight_mark(b, &mark, err);
+
+	if (r < 0)
+		return r;
+	*ret_n = 0;
+	if (mark == 0)
+		return 0;
+	r = begin(b, err);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(b->st[ST_RECOVER], 1, mark);
+	r = step_done(b, b->st[ST_RECOVER], err, "marking in-flight events in doubt");
+	if (r == 0) {
+		*ret_n = sqlite3_changes64(b->db);
+		r = nbe_buffer_meta_set(b, "inflight_mark", NULL, err);
+	}
+	if (r == 0)
+		return commit(b, err);
+	rollback(b);
+	return r;
+}
+
+/* Runs @sql-style work with synchronous=NORMAL: atomic and safe against a
+ * crash of the process, rolled back (never corrupted) by a power loss. */
+static int set_sync(struct nbe_buffer *b, bool full, struct nbe_error *err)
+{
+	return exec(b, full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL", err);
+}
+
+int nbe_buffer_mark_sent(struct nbe_buffer *b, const struct nbe_ack *acks, size_t n,
+			 struct nbe_error *err)
+{
+	int r = set_sync(b, false, err);
+
+	if (r < 0)
+		return r;
+	r = begin(b, err);
+	for (size_t i = 0; r == 0 && i < n; i++) {
+		sqlite3_stmt *st = b->st[ST_MARK_SENT];
+		sqlite3_bind_int64(st, 1, acks[i].seq);
+		sqlite3_bind_text(st, 2, acks[i].server_id, -1, SQLITE_STATIC);
+		bind_text_or_null(st, 3, acks[i].wire);
+		r = step_done(b, st, err, "marking events sent");
+	}
+	if (r == 0) {
+		sqlite3_bind_int64(b->st[ST_PRUNE_SENT], 1, b->opts.keep_sent);
+		r = step_done(b, b->st[ST_PRUNE_SENT], err, "pruning sent events");
+	}
+	if (r == 0)
+		r = commit(b, err);
+	else
+		rollback(b);
+	set_sync(b, true, NULL);
+	return r;
+}
+
+/* One UPDATE on one pending event in its own transaction, without an fsync. */
+static int update_one(struct nbe_buffer *b, sqlite3_stmt *st, struct nbe_error *err,
+		      const char *what)
+{
+	int r = set_sync(b, false, err);
+
+	if (r == 0)
+		r = step_done(b, st, err, what);
+	else {
+		sqlite3_reset(st);
+		sqlite3_clear_bindings(st);
+	}
+	set_sync(b, true, NULL);
+	return r;
+}
+
+int nbe_buffer_mark_dead(struct nbe_buffer *b, int64_t seq, const char *reason,
+			 struct nbe_error *err)
+{
+	sqlite3_stmt *st = b->st[ST_MARK_DEAD];
+
+	sqlite3_bind_int64(st, 1, seq);
+	bind_text_or_null(st, 2, reason);
+	return update_one(b, st, err, "dead-lettering an event");
+}
+
+int nbe_buffer_mark_retry(struct nbe_buffer *b, int64_t seq, bool in_doubt, int64_t next_ms,
+			  const char *error, struct nbe_error *err)
+{
+	sqlite3_stmt *st = b->st[ST_MARK_RETRY];
+
+	sqlite3_bind_int64(st, 1, seq);
+	bind_text_or_null(st, 2, error);
+	sqlite3_bind_int(st, 3, in_doubt);
+	sqlite3_bind_int64(st, 4, next_ms);
+	return update_one(b, st, err, "recording an attempt");
+}
+
+int nbe_buffer_retry_dead(struct nbe_buffer *b, const char *const *refs, size_t n, int64_t *ret_n,
+			  struct nbe_error *err)
+{
+	int64_t total = 0;
+	int r = begin(b, err);
+
+	if (r < 0)
+		return r;
+	if (n == 0) {
+		r = step_done(b, b->st[ST_RETRY_DEAD_ALL], err, "re-queueing dead events");
+		total = sqlite3_changes64(b->db);
+	}
+	for (size_t i = 0; r == 0 && i < n; i++) {
+		struct nbe_event ev = { 0 };
+
+		r = nbe_buffer_get(b, refs[i], &ev, err);
+		if (r == 0 && ev.state != NBE_STATE_DEAD)
+			r = nbe_error_set(err, -ENOENT, "event %s is %s, not dead", ev.id,
+					  nbe_state_str(ev.state));
+		if (r == 0) {
+			sqlite3_bind_int64(b->st[ST_RETRY_DEAD_ONE], 1, ev.seq);
+			r = step_done(b, b->st[ST_RETRY_DEAD_ONE], err, "re-queueing a dead event");
+			total += sqlite3_changes64(b->db);
+		}
+		nbe_event_clear(&ev);
+	}
+	if (r == 0)
+		r = commit(b, err);
+	else
+		rollback(b);
+	if (r == 0)
+		*ret_n = total;
+	return r;
+}
+
 int nbe_buffer_setting(struct nbe_buffer *b, const char *name, int64_t *ret, struct nbe_error *err)
 {
 	static const char *const allowed[] = {
@@ -1382,6 +1602,10 @@ static int64_t salvage_from(struct nbe_buffer *b, const char *src)
 	 * ends instead of refusing it whole; harmless on a read-only handle */
 	sqlite3_exec(sdb, "PRAGMA writable_schema = ON; PRAGMA query_only = ON;", NULL, NULL, NULL);
 	if (sqlite3_prepare_v2(sdb, "SELECT " EVENT_COLS " FROM events WHERE seq > ?1 ORDER BY seq",
+			       -1, &st, NULL) != SQLITE_OK &&
+	    sqlite3_prepare_v2(sdb,
+			       "SELECT " EVENT_COLS_WITH("NULL") " FROM events WHERE seq > ?1 "
+								 "ORDER BY seq",
 			       -1, &st, NULL) != SQLITE_OK)
 		goto meta;
 	while (jumps < SALVAGE_MAX_JUMPS) {

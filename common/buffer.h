@@ -22,7 +22,7 @@
 
 /* "NBEV" in the database header: this file is ours. */
 #define NBE_BUFFER_APPLICATION_ID 0x4E424556
-#define NBE_BUFFER_SCHEMA_VERSION 1
+#define NBE_BUFFER_SCHEMA_VERSION 2
 #define NBE_BUFFER_FILE		  "events.db"
 /* The smallest max_bytes that can hold the schema and one largest event. */
 #define NBE_BUFFER_MIN_BYTES (256 * 1024)
@@ -144,6 +144,56 @@ int nbe_buffer_resolve_parent(struct nbe_buffer *b, const struct nbe_event *ev, 
  * page_size, busy_timeout. Returns 0 or -EINVAL for another name.
  */
 int nbe_buffer_setting(struct nbe_buffer *b, const char *name, int64_t *ret, struct nbe_error *err);
+
+/* ---- for the uploader (one at a time, under the upload lock) ---------- */
+
+/*
+ * Reads up to @max pending events with seq > @after_seq, oldest first, into
+ * @ret (zeroed by the caller; nbe_event_clear() each). Sets *ret_n.
+ */
+int nbe_buffer_pending(struct nbe_buffer *b, int64_t after_seq, size_t max, struct nbe_event *ret,
+		       size_t *ret_n, struct nbe_error *err);
+
+/*
+ * The in-flight mark: before an event is posted, the uploader durably
+ * raises the mark to at least its seq (in windows, so this costs one fsync
+ * per window, not per event). Acknowledgements are then committed without
+ * an fsync of their own: a power loss can roll one back, and every pending
+ * event at or below the mark is then looked up on the server before it is
+ * sent again (nbe_buffer_recover_inflight()).
+ */
+int nbe_buffer_inflight_mark(struct nbe_buffer *b, int64_t *ret, struct nbe_error *err);
+int nbe_buffer_set_inflight_mark(struct nbe_buffer *b, int64_t seq, struct nbe_error *err);
+
+/* At the uploader's start: pending events at or below the mark become in
+ * doubt (*ret_n of them); the mark is cleared. */
+int nbe_buffer_recover_inflight(struct nbe_buffer *b, int64_t *ret_n, struct nbe_error *err);
+
+struct nbe_ack {
+	int64_t seq;
+	const char *server_id; /* "event/<uuid>" */
+	const char *wire;      /* the body that was posted, or NULL when unknown */
+};
+
+/* Marks @n events sent in one transaction (without an fsync, see above) and
+ * drops sent events beyond keep_sent, oldest first. */
+int nbe_buffer_mark_sent(struct nbe_buffer *b, const struct nbe_ack *acks, size_t n,
+			 struct nbe_error *err);
+
+/* Dead-letters a pending event with the server's reason. */
+int nbe_buffer_mark_dead(struct nbe_buffer *b, int64_t seq, const char *reason,
+			 struct nbe_error *err);
+
+/* Records a failed attempt: the error, whether the outcome is unknown (in
+ * doubt: look it up before sending again), and the earliest next attempt. */
+int nbe_buffer_mark_retry(struct nbe_buffer *b, int64_t seq, bool in_doubt, int64_t next_ms,
+			  const char *error, struct nbe_error *err);
+
+/* Re-queues dead events: those named in @refs (device ids, seqs or server
+ * ids), or all when @n is 0. Sets *ret_n. -ENOENT names the first unknown
+ * or not-dead reference. */
+int nbe_buffer_retry_dead(struct nbe_buffer *b, const char *const *refs, size_t n, int64_t *ret_n,
+			  struct nbe_error *err);
 
 /* Runs PRAGMA integrity_check; 0 when it says ok, -EBADMSG otherwise (with
  * the first finding in @err). For tests and `doctor`. */

@@ -31,6 +31,7 @@ void nbe_event_clear(struct nbe_event *ev)
 	nbe_free(ev->parent_fallback);
 	nbe_free(ev->server_id);
 	nbe_free(ev->last_error);
+	nbe_free(ev->wire);
 	memset(ev, 0, sizeof(*ev));
 }
 

@@ -75,6 +75,7 @@ struct nbe_event {
 	int64_t next_attempt_ms;
 	char *last_error;
 	bool in_doubt;
+	char *wire; /* the body as posted, once sent; NULL otherwise */
 };
 
 /* Releases the owned members and zeroes the struct. Accepts NULL. */

@@ -845,6 +845,164 @@ static void test_corruption_on_append(void **state)
 	free(boot);
 }
 
+/* A file as schema version 1 wrote it opens as version 2 with its events. */
+static void test_migration_v1_to_v2(void **state)
+{
+	const char *dir = *state;
+	struct nbe_error err = { { 0 } };
+	struct nbe_buffer *b;
+	struct nbe_event ev;
+	char sql[4096];
+	int64_t v;
+
+	snprintf(
+		sql, sizeof(sql),
+		"PRAGMA auto_vacuum = INCREMENTAL; PRAGMA journal_mode = WAL;"
+		"CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL "
+		"UNIQUE, name TEXT NOT NULL, severity INTEGER NOT NULL, phase INTEGER NOT NULL, "
+		"message TEXT, details TEXT NOT NULL, job TEXT, parent TEXT, links TEXT, wall_ms "
+		"INTEGER NOT NULL, boottime_ms INTEGER NOT NULL, boot_id TEXT NOT NULL, "
+		"clock_synced INTEGER NOT NULL, parent_seq INTEGER, parent_fallback TEXT, state "
+		"INTEGER NOT NULL DEFAULT 0, server_id TEXT, attempts INTEGER NOT NULL DEFAULT 0, "
+		"next_attempt_ms INTEGER NOT NULL DEFAULT 0, last_error TEXT, in_doubt INTEGER NOT "
+		"NULL DEFAULT 0);"
+		"CREATE INDEX events_state ON events (state, severity, seq);"
+		"CREATE INDEX events_name ON events (name, job, seq);"
+		"CREATE INDEX events_parent ON events (parent_seq) WHERE parent_seq IS NOT NULL;"
+		"CREATE INDEX events_server_id ON events (server_id) WHERE server_id IS NOT NULL;"
+		"CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
+		"CREATE TABLE counts (state INTEGER PRIMARY KEY, n INTEGER NOT NULL);"
+		"INSERT INTO counts VALUES (0, 1), (1, 0), (2, 0);"
+		"INSERT INTO events (id, name, severity, phase, details, wall_ms, boottime_ms, "
+		"boot_id, clock_synced) VALUES ('5e1d7a4c-0c1b-4d43-9a8b-6f3e7d8a1b22', "
+		"'nuvlabox.reboot', 1, 1, '{}', 1772360142123, 5, '%s', 1);"
+		"PRAGMA application_id = %d; PRAGMA user_version = 1;",
+		TU_BOOT_ID, NBE_BUFFER_APPLICATION_ID);
+	raw_sql(dir, sql);
+	b = tu_open(dir, BIG, 1000);
+	assert_int_equal(nbe_buffer_setting(b, "user_version", &v, &err), 0);
+	assert_int_equal(v, 2);
+	get_ok(b, "5e1d7a4c-0c1b-4d43-9a8b-6f3e7d8a1b22", &ev);
+	assert_string_equal(ev.name, "nuvlabox.reboot");
+	assert_null(ev.wire);
+	nbe_event_clear(&ev);
+	tu_append(b, "x", NULL, NULL, NULL, NULL);
+	assert_int_equal(count_corrupt_files(dir), 0);
+	nbe_buffer_close(b);
+}
+
+static void test_upload_states(void **state)
+{
+	const char *dir = *state;
+	struct nbe_buffer *b = tu_open(dir, BIG, 1000);
+	struct nbe_error err = { { 0 } };
+	struct nbe_event evs[8] = { 0 }, ev;
+	struct nbe_buffer_stats st;
+	int64_t s[6], mark, n;
+	size_t got;
+
+	for (int i = 0; i < 6; i++)
+		s[i] = tu_append(b, "x", NULL, NULL, NULL, NULL);
+	assert_int_equal(nbe_buffer_pending(b, 0, 4, evs, &got, &err), 0);
+	assert_int_equal(got, 4);
+	assert_int_equal(evs[0].seq, s[0]);
+	assert_int_equal(evs[3].seq, s[3]);
+	for (size_t i = 0; i < got; i++)
+		nbe_event_clear(&evs[i]);
+	assert_int_equal(nbe_buffer_pending(b, s[3], 8, evs, &got, &err), 0);
+	assert_int_equal(got, 2);
+	for (size_t i = 0; i < got; i++)
+		nbe_event_clear(&evs[i]);
+
+	/* sent: server id and the posted body kept */
+	{
+		const struct nbe_ack acks[] = { { s[0], "event/a", "{\"name\":\"x\"}" },
+						{ s[1], "event/b", NULL } };
+		assert_int_equal(nbe_buffer_mark_sent(b, acks, 2, &err), 0);
+	}
+	get_ok(b, "event/a", &ev);
+	assert_int_equal(ev.state, NBE_STATE_SENT);
+	assert_int_equal(ev.attempts, 1);
+	assert_string_equal(ev.wire, "{\"name\":\"x\"}");
+	nbe_event_clear(&ev);
+
+	/* dead with the server's reason; retry with in-doubt and next time */
+	assert_int_equal(nbe_buffer_mark_dead(b, s[2], "400: bad", &err), 0);
+	assert_int_equal(nbe_buffer_mark_retry(b, s[3], true, 12345, "timeout", &err), 0);
+	get_ok(b, "4", &ev);
+	assert_true(ev.in_doubt);
+	assert_int_equal(ev.next_attempt_ms, 12345);
+	assert_string_equal(ev.last_error, "timeout");
+	nbe_event_clear(&ev);
+	assert_int_equal(nbe_buffer_stats(b, &st, &err), 0);
+	assert_int_equal(st.sent, 2);
+	assert_int_equal(st.dead, 1);
+	assert_int_equal(st.pending, 3);
+
+	/* retry-dead by reference and all; a not-dead reference is refused */
+	{
+		const char *refs[] = { "5" };
+		assert_int_equal(nbe_buffer_retry_dead(b, refs, 1, &n, &err), -ENOENT);
+		assert_non_null(strstr(err.msg, "not dead"));
+	}
+	assert_int_equal(nbe_buffer_retry_dead(b, NULL, 0, &n, &err), 0);
+	assert_int_equal(n, 1);
+	get_ok(b, "3", &ev);
+	assert_int_equal(ev.state, NBE_STATE_PENDING);
+	assert_string_equal(ev.last_error, "400: bad"); /* the history stays */
+	nbe_event_clear(&ev);
+
+	/* the in-flight mark: pending events at or below it become in doubt */
+	assert_int_equal(nbe_buffer_inflight_mark(b, &mark, &err), 0);
+	assert_int_equal(mark, 0);
+	assert_int_equal(nbe_buffer_set_inflight_mark(b, s[4], &err), 0);
+	assert_int_equal(nbe_buffer_recover_inflight(b, &n, &err), 0);
+	assert_int_equal(n, 3); /* s[2], s[3], s[4]; sent ones are not touched */
+	get_ok(b, "5", &ev);
+	assert_true(ev.in_doubt);
+	nbe_event_clear(&ev);
+	get_ok(b, "6", &ev);
+	assert_false(ev.in_doubt);
+	nbe_event_clear(&ev);
+	assert_int_equal(nbe_buffer_inflight_mark(b, &mark, &err), 0);
+	assert_int_equal(mark, 0);
+	nbe_buffer_close(b);
+}
+
+static void test_keep_sent(void **state)
+{
+	const char *dir = *state;
+	struct nbe_buffer_opts o = { 0 };
+	struct nbe_error err = { { 0 } };
+	struct nbe_buffer *b = NULL;
+	struct nbe_buffer_stats st;
+	char path[4200], *boot = tu_boot_id_file(dir, TU_BOOT_ID), sid[32];
+
+	snprintf(path, sizeof(path), "%s/events.db", dir);
+	o.path = path;
+	o.max_bytes = BIG;
+	o.max_events = 1000;
+	o.keep_sent = 3;
+	o.boot_id_file = boot;
+	assert_int_equal(nbe_buffer_open(&o, &b, NULL, &err), 0);
+	free(boot);
+	for (int i = 0; i < 8; i++) {
+		int64_t seq = tu_append(b, "x", NULL, NULL, NULL, NULL);
+		struct nbe_ack a = { seq, sid, NULL };
+		snprintf(sid, sizeof(sid), "event/s%d", i);
+		assert_int_equal(nbe_buffer_mark_sent(b, &a, 1, &err), 0);
+	}
+	assert_int_equal(nbe_buffer_stats(b, &st, &err), 0);
+	assert_int_equal(st.sent, 3);
+	{
+		struct nbe_event ev = { 0 };
+		assert_int_equal(nbe_buffer_get(b, "event/s4", &ev, &err), -ENOENT);
+		get_ok(b, "event/s5", &ev);
+		nbe_event_clear(&ev);
+	}
+	nbe_buffer_close(b);
+}
+
 static void test_purge_and_meta(void **state)
 {
 	const char *dir = *state;
@@ -925,6 +1083,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_foreign_and_newer, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_migration_from_empty, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_corruption_on_append, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_migration_v1_to_v2, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_upload_states, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_keep_sent, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_purge_and_meta, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_alloc_failures, setup, teardown),
 	};
