@@ -70,14 +70,15 @@ void cli_warn(const struct cli *c, const char *fmt, ...)
 
 int cli_usage_error(const struct cli *c, const char *fmt, ...)
 {
-	const struct command *cmd = c->command ? find_command(c->command) : NULL;
+	char msg[1024];
 	va_list ap;
 
+	/* one line: what is wrong, and where to look */
 	va_start(ap, fmt);
-	vprint(c, "", fmt, ap);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	if (cmd)
-		fprintf(stderr, "usage: %s %s\n", c->prog, cmd->usage);
+	cli_err(c, "%s (see %s%s%s --help)", msg, c->prog, c->command ? " " : "",
+		c->command ? c->command : "");
 	return EX_USAGE;
 }
 
@@ -124,8 +125,13 @@ int cli_parse(struct cli *c, int argc, char **argv, const struct option *opts, c
 			return CLI_HELP_SHOWN;
 		}
 		case ':':
-			return cli_usage_error(c, "option '%s' needs a value", argv[optind - 1]);
+			if (strncmp(argv[optind - 1], "--", 2) == 0 || !optopt)
+				return cli_usage_error(c, "option '%s' needs a value",
+						       argv[optind - 1]);
+			return cli_usage_error(c, "option '-%c' needs a value", optopt);
 		case '?':
+			if (optopt && optopt != '?')
+				return cli_usage_error(c, "unknown option '-%c'", optopt);
 			return cli_usage_error(c, "unknown option '%s'", argv[optind - 1]);
 		case CLI_OPT_CONFIG:
 		case CLI_OPT_STATE_DIR:

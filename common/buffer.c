@@ -6,6 +6,7 @@
 #include "json.h"
 #include "parse.h"
 #include "sysinfo.h"
+#include "wire.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -201,6 +202,7 @@ struct nbe_buffer {
 	char *timesync_file;
 	int64_t page_size;
 	int64_t budget_pages; /* database pages allowed, WAL reserve excluded */
+	int64_t wal_reserve;  /* the WAL's share of max_bytes */
 };
 
 /* Evictions made while admitting events, by what was evicted. */
@@ -472,6 +474,7 @@ static int open_db(struct nbe_buffer *b, bool *ret_created, struct nbe_error *er
 	if (wal_reserve > WAL_RESERVE_MAX)
 		wal_reserve = WAL_RESERVE_MAX;
 	b->budget_pages = (b->opts.max_bytes - wal_reserve) / b->page_size;
+	b->wal_reserve = wal_reserve;
 
 	snprintf(sql, sizeof(sql),
 		 "PRAGMA journal_size_limit = %" PRId64 "; PRAGMA wal_autocheckpoint = %" PRId64
@@ -1001,6 +1004,9 @@ static int append_one(struct nbe_buffer *b, struct nbe_event *ev, struct drop_co
 	int64_t seq;
 	int r;
 
+	r = nbe_wire_check_fits(ev, err);
+	if (r < 0)
+		return r;
 	r = link_parent(b, ev, err);
 	if (r < 0)
 		return r;
@@ -1629,6 +1635,8 @@ static int64_t salvage_from(struct nbe_buffer *b, const char *src)
 		if (rc == SQLITE_DONE)
 			break;
 		/* an unreadable stretch: skip forward, further each time */
+		if (jump > INT64_MAX / 2 || last > INT64_MAX - jump)
+			break;
 		last += jump;
 		jump *= 2;
 		jumps++;
@@ -1767,6 +1775,15 @@ void nbe_buffer_close(struct nbe_buffer *b)
 {
 	if (!b)
 		return;
+	/*
+	 * Short-lived producers never checkpoint at close, and the next one
+	 * rebuilds the WAL index, forgetting how much of the WAL the last
+	 * automatic checkpoint copied back: the WAL would never restart. Once
+	 * it is past its share of the cap, fold it in and truncate it (another
+	 * process using the buffer makes this a no-op: BUSY, ignored).
+	 */
+	if (b->db && b->wal_reserve > 0 && file_size_of(b->wal_path) > b->wal_reserve)
+		sqlite3_wal_checkpoint_v2(b->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
 	close_db(b);
 	nbe_free(b->path);
 	nbe_free(b->wal_path);

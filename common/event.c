@@ -6,6 +6,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <math.h>
 #include <string.h>
 
 /* Parsing more than this much details text is refused before cJSON sees it. */
@@ -143,6 +144,42 @@ static bool detail_key_valid(const char *k, size_t n)
 	return true;
 }
 
+/* Whether the JSON text has a \u0000 escape in a string, which cJSON would
+ * silently cut the string at. */
+static bool has_nul_escape(const char *s)
+{
+	bool in_string = false;
+
+	for (; *s; s++) {
+		if (!in_string) {
+			in_string = *s == '"';
+			continue;
+		}
+		if (*s == '"') {
+			in_string = false;
+		} else if (*s == '\\') {
+			if (s[1] == 'u' && strncmp(s + 2, "0000", 4) == 0)
+				return true;
+			if (s[1])
+				s++;
+		}
+	}
+	return false;
+}
+
+/* Whether every number in @j is finite (cJSON turns 1e400 into inf, and
+ * prints it as null). */
+static bool numbers_finite(const cJSON *j)
+{
+	for (const cJSON *it = j; it; it = it->next) {
+		if (cJSON_IsNumber(it) && !isfinite(it->valuedouble))
+			return false;
+		if (it->child && !numbers_finite(it->child))
+			return false;
+	}
+	return true;
+}
+
 /* Parses and checks --details-json; returns a new object in *ret. */
 static int parse_details_json(const char *text, cJSON **ret, struct nbe_error *err)
 {
@@ -156,6 +193,8 @@ static int parse_details_json(const char *text, cJSON **ret, struct nbe_error *e
 				     NBE_DETAILS_MAX);
 	if (!nbe_utf8_valid(text, len, &bad))
 		return nbe_error_set(err, -EINVAL, "details: invalid UTF-8 at byte %zu", bad);
+	if (has_nul_escape(text))
+		return nbe_error_set(err, -EINVAL, "details: \\u0000 is not allowed in a string");
 	obj = cJSON_ParseWithOpts(text, &end, true);
 	if (!obj) {
 		if (nbe_alloc_failures() != failures)
@@ -166,6 +205,10 @@ static int parse_details_json(const char *text, cJSON **ret, struct nbe_error *e
 	if (!cJSON_IsObject(obj)) {
 		cJSON_Delete(obj);
 		return nbe_error_set(err, -EINVAL, "details: must be a JSON object");
+	}
+	if (!numbers_finite(obj->child)) {
+		cJSON_Delete(obj);
+		return nbe_error_set(err, -EINVAL, "details: a number is out of range");
 	}
 	*ret = obj;
 	return 0;

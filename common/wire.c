@@ -257,3 +257,25 @@ err_oom_body:
 err_oom:
 	return nbe_error_set(err, -ENOMEM, "out of memory building the event body");
 }
+
+int nbe_wire_check_fits(const struct nbe_event *ev, struct nbe_error *err)
+{
+	/* the longest values each part of the context can take */
+	struct nbe_wire_ctx ctx = {
+		.nuvlabox_id = "nuvlabox/00000000-0000-0000-0000-000000000000",
+		.owner = "user/00000000-0000-0000-0000-000000000000",
+		.agent_version = "000.000.000-0000000000000000",
+		.now_ms = ev->wall_ms,
+		.now_synced = false,
+	};
+	char parent[NBE_HREF_MAX + 1], *body = NULL;
+	int r;
+
+	memset(parent, 'a', NBE_HREF_MAX);
+	memcpy(parent, "event/", 6);
+	parent[NBE_HREF_MAX] = '\0';
+	ctx.parent_href = parent;
+	r = nbe_wire_build(ev, &ctx, &body, err);
+	nbe_free(body);
+	return r;
+}

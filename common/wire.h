@@ -44,6 +44,14 @@ int nbe_wire_timestamp(int64_t ms, char out[NBE_TIMESTAMP_LEN + 1]);
 int nbe_wire_build(const struct nbe_event *ev, const struct nbe_wire_ctx *ctx, char **ret_body,
 		   struct nbe_error *err);
 
+/*
+ * Whether @ev, once uploaded, fits in NBE_WIRE_MAX whatever the context: its
+ * body is built with the longest nuvlabox id, owner and parent there can be.
+ * Returns 0, -EMSGSIZE (with a message in @err) or -ENOMEM. Every event is
+ * checked before it is buffered, so none is stored that could never be sent.
+ */
+int nbe_wire_check_fits(const struct nbe_event *ev, struct nbe_error *err);
+
 /* The `clock` value the body will carry: "synced", "corrected", "unsynced" or "invalid". */
 const char *nbe_wire_clock_state(const struct nbe_event *ev, const struct nbe_wire_ctx *ctx);
 

@@ -1,0 +1,700 @@
+#include "nuvla.h"
+
+#include "alloc.h"
+#include "fsutil.h"
+#include "json.h"
+
+#include <cjson/cJSON.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#define COOKIE_FILE_MAX (64 * 1024)
+
+struct transfer {
+	struct nbe_nuvla *n;
+	CURL *easy;
+	struct curl_slist *headers;
+	char *req_body;
+	char *resp;
+	size_t resp_len, resp_cap;
+	bool too_big;
+	int64_t retry_after_s;
+	nbe_nuvla_done_fn done;
+	void *userdata;
+	char errbuf[CURL_ERROR_SIZE];
+	struct transfer *next;
+};
+
+struct nbe_nuvla {
+	CURLM *multi;
+	CURLSH *share;
+	char *endpoint;
+	char *ca_file, *client_cert, *client_key, *cookie_file, *user_agent;
+	bool insecure;
+	int64_t connect_timeout_ms, request_timeout_ms;
+	size_t max_body;
+	long max_in_flight;
+	int in_flight;
+	bool has_session;
+	struct transfer *transfers;
+};
+
+static bool curl_ready;
+
+void nbe_http_response_clear(struct nbe_http_response *r)
+{
+	if (!r)
+		return;
+	nbe_free(r->body);
+	memset(r, 0, sizeof(*r));
+	r->retry_after_s = -1;
+}
+
+const char *nbe_nuvla_tls_library(void)
+{
+	const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+
+	return v && v->ssl_version ? v->ssl_version : "none";
+}
+
+static int global_init(void)
+{
+	if (curl_ready)
+		return 0;
+	/* curl's own allocations go through ours, so failure sweeps reach them */
+	if (curl_global_init_mem(CURL_GLOBAL_DEFAULT, nbe_malloc, nbe_free, nbe_realloc, nbe_strdup,
+				 nbe_calloc) != CURLE_OK)
+		return -ENOMEM;
+	curl_ready = true;
+	return 0;
+}
+
+long nbe_nuvla_parse_error(const char *body, char *out, size_t out_size)
+{
+	cJSON *j, *status, *msg;
+	long s = -1;
+
+	if (!body)
+		return -1;
+	j = cJSON_Parse(body);
+	if (!cJSON_IsObject(j))
+		goto out;
+	status = cJSON_GetObjectItemCaseSensitive(j, "status");
+	msg = cJSON_GetObjectItemCaseSensitive(j, "message");
+	if (cJSON_IsNumber(status) && cJSON_IsString(msg)) {
+		s = (long)status->valuedouble;
+		snprintf(out, out_size, "%s", msg->valuestring);
+	}
+out:
+	cJSON_Delete(j);
+	return s;
+}
+
+char *nbe_nuvla_resource_id(const char *body)
+{
+	cJSON *j = body ? cJSON_Parse(body) : NULL, *id;
+	char *ret = NULL;
+
+	if (!cJSON_IsObject(j))
+		goto out;
+	id = cJSON_GetObjectItemCaseSensitive(j, "resource-id");
+	if (!cJSON_IsString(id))
+		id = cJSON_GetObjectItemCaseSensitive(j, "id");
+	if (cJSON_IsString(id))
+		ret = nbe_strdup(id->valuestring);
+out:
+	cJSON_Delete(j);
+	return ret;
+}
+
+/* A gateway's reason: the <title> of an HTML page, else the first line. */
+static void gateway_reason(const char *body, char *out, size_t size)
+{
+	const char *t = body ? strstr(body, "<title>") : NULL;
+	size_t n;
+
+	if (t) {
+		const char *e = strstr(t, "</title>");
+		t += 7;
+		n = e ? (size_t)(e - t) : strcspn(t, "\r\n");
+	} else if (body) {
+		t = body;
+		n = strcspn(t, "\r\n");
+	} else {
+		t = "";
+		n = 0;
+	}
+	if (n > 200)
+		n = 200;
+	snprintf(out, size, "%.*s", (int)n, t);
+	/* keep it one printable line */
+	for (char *p = out; *p; p++) {
+		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+			*p = ' ';
+	}
+}
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
+{
+	struct transfer *t = userdata;
+	size_t n = size * nmemb;
+
+	if (t->resp_len + n > t->n->max_body) {
+		t->too_big = true;
+		return 0; /* aborts the transfer: CURLE_WRITE_ERROR */
+	}
+	if (t->resp_len + n + 1 > t->resp_cap) {
+		size_t cap = t->resp_cap ? t->resp_cap : 1024;
+		char *p;
+		while (cap < t->resp_len + n + 1)
+			cap *= 2;
+		p = nbe_realloc(t->resp, cap);
+		if (!p)
+			return 0;
+		t->resp = p;
+		t->resp_cap = cap;
+	}
+	memcpy(t->resp + t->resp_len, data, n);
+	t->resp_len += n;
+	t->resp[t->resp_len] = '\0';
+	return n;
+}
+
+/* Picks Retry-After (seconds or an HTTP date) out of the response headers. */
+static size_t on_header(char *data, size_t size, size_t nmemb, void *userdata)
+{
+	struct transfer *t = userdata;
+	size_t n = size * nmemb;
+	char value[128];
+	const char *v;
+	size_t vlen;
+
+	if (n < 12 || strncasecmp(data, "Retry-After:", 12) != 0)
+		return n;
+	v = data + 12;
+	vlen = n - 12;
+	while (vlen && (*v == ' ' || *v == '\t')) {
+		v++;
+		vlen--;
+	}
+	while (vlen && (v[vlen - 1] == '\r' || v[vlen - 1] == '\n' || v[vlen - 1] == ' '))
+		vlen--;
+	if (vlen == 0 || vlen >= sizeof(value))
+		return n;
+	memcpy(value, v, vlen);
+	value[vlen] = '\0';
+	if (strspn(value, "0123456789") == vlen) {
+		long long s = vlen > 7 ? NBE_RETRY_AFTER_MAX_S : strtoll(value, NULL, 10);
+		t->retry_after_s = s;
+	} else {
+		time_t when = curl_getdate(value, NULL);
+		if (when > 0) {
+			time_t now = time(NULL);
+			t->retry_after_s = when > now ? (int64_t)(when - now) : 0;
+		}
+	}
+	if (t->retry_after_s > NBE_RETRY_AFTER_MAX_S)
+		t->retry_after_s = NBE_RETRY_AFTER_MAX_S;
+	return n;
+}
+
+static bool connect_phase_error(CURLcode c)
+{
+	switch (c) {
+	case CURLE_UNSUPPORTED_PROTOCOL:
+	case CURLE_URL_MALFORMAT:
+	case CURLE_COULDNT_RESOLVE_PROXY:
+	case CURLE_COULDNT_RESOLVE_HOST:
+	case CURLE_COULDNT_CONNECT:
+	case CURLE_SSL_CONNECT_ERROR:
+	case CURLE_PEER_FAILED_VERIFICATION:
+	case CURLE_SSL_CERTPROBLEM:
+	case CURLE_SSL_CIPHER:
+	case CURLE_SSL_CACERT_BADFILE:
+	case CURLE_SSL_ISSUER_ERROR:
+	case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+	case CURLE_SSL_ENGINE_NOTFOUND:
+	case CURLE_SSL_ENGINE_SETFAILED:
+	case CURLE_SSL_CRL_BADFILE:
+	case CURLE_SSL_INVALIDCERTSTATUS:
+		return true;
+	default:
+		return false;
+	}
+}
+
+/* Turns a finished transfer into a classified response. */
+static void classify(struct transfer *t, CURLcode result, struct nbe_http_response *r)
+{
+	curl_off_t pretransfer = 0;
+	long status = 0;
+
+	nbe_http_response_clear(r);
+	r->retry_after_s = t->retry_after_s;
+	curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+	curl_easy_getinfo(t->easy, CURLINFO_PRETRANSFER_TIME_T, &pretransfer);
+	r->status = status;
+
+	if (result != CURLE_OK) {
+		const char *detail = t->errbuf[0] ? t->errbuf : curl_easy_strerror(result);
+		if (t->too_big) {
+			r->cls = NBE_HTTP_IN_DOUBT;
+			snprintf(r->message, sizeof(r->message),
+				 "response larger than %zu bytes (HTTP %ld)", t->n->max_body,
+				 status);
+		} else if (connect_phase_error(result) || pretransfer == 0) {
+			r->cls = NBE_HTTP_CONNECT;
+			snprintf(r->message, sizeof(r->message), "%s", detail);
+		} else {
+			r->cls = NBE_HTTP_IN_DOUBT;
+			snprintf(r->message, sizeof(r->message), "%s", detail);
+		}
+		return;
+	}
+	r->body = t->resp;
+	r->body_len = t->resp_len;
+	t->resp = NULL;
+	if (status >= 200 && status < 300) {
+		r->cls = NBE_HTTP_OK;
+		snprintf(r->message, sizeof(r->message), "HTTP %ld", status);
+		return;
+	}
+	{
+		char msg[400];
+		long s = nbe_nuvla_parse_error(r->body, msg, sizeof(msg));
+		if (s > 0) {
+			r->cls = NBE_HTTP_NUVLA_ERROR;
+			snprintf(r->message, sizeof(r->message), "%ld %s", status, msg);
+		} else {
+			r->cls = NBE_HTTP_GATEWAY_ERROR;
+			gateway_reason(r->body, msg, sizeof(msg));
+			snprintf(r->message, sizeof(r->message), "HTTP %ld from the gateway: %s",
+				 status, msg[0] ? msg : "(no body)");
+		}
+	}
+}
+
+static void transfer_free(struct transfer *t)
+{
+	if (!t)
+		return;
+	if (t->easy) {
+		if (t->n)
+			curl_multi_remove_handle(t->n->multi, t->easy);
+		curl_easy_cleanup(t->easy);
+	}
+	curl_slist_free_all(t->headers);
+	nbe_free(t->req_body);
+	nbe_free(t->resp);
+	nbe_free(t);
+}
+
+static void unlink_transfer(struct nbe_nuvla *n, struct transfer *t)
+{
+	for (struct transfer **p = &n->transfers; *p; p = &(*p)->next) {
+		if (*p == t) {
+			*p = t->next;
+			return;
+		}
+	}
+}
+
+/* Options every handle gets. */
+static int setup_easy(struct nbe_nuvla *n, CURL *e)
+{
+	CURLcode c = CURLE_OK;
+
+#define SET(opt, val)                                                                              \
+	do {                                                                                       \
+		if (c == CURLE_OK)                                                                 \
+			c = curl_easy_setopt(e, opt, val);                                         \
+	} while (0)
+	SET(CURLOPT_NOSIGNAL, 1L);
+	SET(CURLOPT_SHARE, n->share);
+	SET(CURLOPT_COOKIEFILE, ""); /* the cookie engine, fed from our jar */
+	SET(CURLOPT_CONNECTTIMEOUT_MS, (long)n->connect_timeout_ms);
+	SET(CURLOPT_TIMEOUT_MS, (long)n->request_timeout_ms);
+	SET(CURLOPT_SSL_VERIFYPEER, n->insecure ? 0L : 1L);
+	SET(CURLOPT_SSL_VERIFYHOST, n->insecure ? 0L : 2L);
+	if (n->ca_file)
+		SET(CURLOPT_CAINFO, n->ca_file);
+	if (n->client_cert) {
+		SET(CURLOPT_SSLCERT, n->client_cert);
+		SET(CURLOPT_SSLKEY, n->client_key);
+	}
+	SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+	SET(CURLOPT_PIPEWAIT, 1L);
+	SET(CURLOPT_TCP_KEEPALIVE, 1L);
+	SET(CURLOPT_USERAGENT, n->user_agent);
+#undef SET
+	return c == CURLE_OK ? 0 : -EINVAL;
+}
+
+int nbe_nuvla_start(struct nbe_nuvla *n, const char *method, const char *path, const char *body,
+		    nbe_nuvla_done_fn done, void *userdata, struct nbe_error *err)
+{
+	struct transfer *t;
+	char *url = NULL;
+	size_t ul;
+	CURLcode c = CURLE_OK;
+	int r = -ENOMEM;
+
+	if (n->in_flight >= n->max_in_flight)
+		return nbe_error_set(err, -EBUSY, "%d requests in flight already", n->in_flight);
+	t = nbe_calloc(1, sizeof(*t));
+	if (!t)
+		goto err;
+	t->n = n;
+	t->done = done;
+	t->userdata = userdata;
+	t->retry_after_s = -1;
+	t->easy = curl_easy_init();
+	if (!t->easy)
+		goto err_free;
+	ul = strlen(n->endpoint) + strlen(path) + 1;
+	url = nbe_malloc(ul);
+	if (!url)
+		goto err_free;
+	snprintf(url, ul, "%s%s", n->endpoint, path);
+	if (!(t->headers = curl_slist_append(NULL, "Accept: application/json")))
+		goto err_free;
+	if (body) {
+		struct curl_slist *h =
+			curl_slist_append(t->headers, "Content-Type: application/json");
+		if (!h)
+			goto err_free;
+		t->headers = h;
+		t->req_body = nbe_strdup(body);
+		if (!t->req_body)
+			goto err_free;
+	}
+	r = setup_easy(n, t->easy);
+	if (r < 0) {
+		nbe_error_set(err, r, "setting up a request failed");
+		goto err_free_set;
+	}
+#define SET(opt, val)                                                                              \
+	do {                                                                                       \
+		if (c == CURLE_OK)                                                                 \
+			c = curl_easy_setopt(t->easy, opt, val);                                   \
+	} while (0)
+	SET(CURLOPT_URL, url);
+	SET(CURLOPT_HTTPHEADER, t->headers);
+	SET(CURLOPT_WRITEFUNCTION, on_body);
+	SET(CURLOPT_WRITEDATA, t);
+	SET(CURLOPT_HEADERFUNCTION, on_header);
+	SET(CURLOPT_HEADERDATA, t);
+	SET(CURLOPT_ERRORBUFFER, t->errbuf);
+	SET(CURLOPT_PRIVATE, t);
+	if (strcmp(method, "POST") == 0) {
+		SET(CURLOPT_POST, 1L);
+		SET(CURLOPT_POSTFIELDS, t->req_body ? t->req_body : "");
+		SET(CURLOPT_POSTFIELDSIZE, (long)(t->req_body ? strlen(t->req_body) : 0));
+	} else if (strcmp(method, "GET") != 0) {
+		SET(CURLOPT_CUSTOMREQUEST, method);
+		if (t->req_body) {
+			SET(CURLOPT_POSTFIELDS, t->req_body);
+			SET(CURLOPT_POSTFIELDSIZE, (long)strlen(t->req_body));
+		}
+	}
+#undef SET
+	nbe_free(url);
+	url = NULL;
+	if (c != CURLE_OK) {
+		r = nbe_error_set(err, c == CURLE_OUT_OF_MEMORY ? -ENOMEM : -EINVAL,
+				  "setting up a request: %s", curl_easy_strerror(c));
+		goto err_free_set;
+	}
+	if (curl_multi_add_handle(n->multi, t->easy) != CURLM_OK) {
+		r = nbe_error_set(err, -ENOMEM, "cannot start a request");
+		goto err_free_set;
+	}
+	t->next = n->transfers;
+	n->transfers = t;
+	n->in_flight++;
+	return 0;
+
+err_free:
+	nbe_error_set(err, -ENOMEM, "out of memory");
+err_free_set:
+	nbe_free(url);
+	t->n = NULL; /* not added to the multi handle */
+	transfer_free(t);
+	return r;
+err:
+	return nbe_error_set(err, -ENOMEM, "out of memory");
+}
+
+int nbe_nuvla_in_flight(const struct nbe_nuvla *n)
+{
+	return n->in_flight;
+}
+
+int nbe_nuvla_perform(struct nbe_nuvla *n, int timeout_ms, struct nbe_error *err)
+{
+	CURLMcode mc;
+	CURLMsg *msg;
+	int running = 0, left;
+
+	mc = curl_multi_perform(n->multi, &running);
+	if (mc == CURLM_OK && running > 0 && timeout_ms > 0)
+		mc = curl_multi_poll(n->multi, NULL, 0, timeout_ms, NULL);
+	if (mc == CURLM_OK)
+		mc = curl_multi_perform(n->multi, &running);
+	if (mc != CURLM_OK)
+		return nbe_error_set(err, mc == CURLM_OUT_OF_MEMORY ? -ENOMEM : -EIO, "curl: %s",
+				     curl_multi_strerror(mc));
+	while ((msg = curl_multi_info_read(n->multi, &left)) != NULL) {
+		struct nbe_http_response resp = { 0 };
+		struct transfer *t = NULL;
+
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
+		if (!t)
+			continue;
+		classify(t, msg->data.result, &resp);
+		unlink_transfer(n, t);
+		n->in_flight--;
+		t->done(t->userdata, &resp);
+		nbe_http_response_clear(&resp);
+		transfer_free(t);
+	}
+	return 0;
+}
+
+struct sync_done {
+	bool finished;
+	struct nbe_http_response *out;
+};
+
+static void sync_cb(void *userdata, struct nbe_http_response *resp)
+{
+	struct sync_done *s = userdata;
+
+	*s->out = *resp;
+	resp->body = NULL; /* ownership moves to the caller */
+	s->finished = true;
+}
+
+int nbe_nuvla_request(struct nbe_nuvla *n, const char *method, const char *path, const char *body,
+		      struct nbe_http_response *ret, struct nbe_error *err)
+{
+	struct sync_done s = { .out = ret };
+	int r;
+
+	nbe_http_response_clear(ret);
+	r = nbe_nuvla_start(n, method, path, body, sync_cb, &s, err);
+	if (r < 0)
+		return r;
+	while (!s.finished) {
+		r = nbe_nuvla_perform(n, 200, err);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+/* A handle on the share for reading and writing the cookie store. */
+static CURL *cookie_handle(struct nbe_nuvla *n)
+{
+	CURL *e = curl_easy_init();
+
+	if (e && (curl_easy_setopt(e, CURLOPT_SHARE, n->share) != CURLE_OK ||
+		  curl_easy_setopt(e, CURLOPT_COOKIEFILE, "") != CURLE_OK)) {
+		curl_easy_cleanup(e);
+		return NULL;
+	}
+	return e;
+}
+
+static void load_jar(struct nbe_nuvla *n)
+{
+	char *text, *line, *save = NULL;
+	size_t len;
+	CURL *e;
+
+	if (!n->cookie_file || nbe_read_file(n->cookie_file, COOKIE_FILE_MAX, &text, &len) < 0)
+		return;
+	e = cookie_handle(n);
+	if (e) {
+		for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+			if (*line == '\0' || (*line == '#' && strncmp(line, "#HttpOnly_", 10) != 0))
+				continue;
+			if (curl_easy_setopt(e, CURLOPT_COOKIELIST, line) == CURLE_OK)
+				n->has_session = true;
+		}
+		curl_easy_cleanup(e);
+	}
+	explicit_bzero(text, len);
+	nbe_free(text);
+}
+
+/* Writes the cookie store to the jar: atomically, mode 0600. */
+static int save_jar(struct nbe_nuvla *n)
+{
+	struct curl_slist *list = NULL;
+	size_t len = 0, off = 0;
+	char *text;
+	CURL *e;
+	int r;
+
+	if (!n->cookie_file)
+		return 0;
+	e = cookie_handle(n);
+	if (!e)
+		return -ENOMEM;
+	if (curl_easy_getinfo(e, CURLINFO_COOKIELIST, &list) != CURLE_OK) {
+		curl_easy_cleanup(e);
+		return -EIO;
+	}
+	for (struct curl_slist *l = list; l; l = l->next)
+		len += strlen(l->data) + 1;
+	text = nbe_malloc(len + 1);
+	if (!text) {
+		curl_slist_free_all(list);
+		curl_easy_cleanup(e);
+		return -ENOMEM;
+	}
+	for (struct curl_slist *l = list; l; l = l->next) {
+		size_t k = strlen(l->data);
+		memcpy(text + off, l->data, k);
+		off += k;
+		text[off++] = '\n';
+	}
+	text[off] = '\0';
+	curl_slist_free_all(list);
+	curl_easy_cleanup(e);
+	r = nbe_write_file_atomic(n->cookie_file, text, off, 0600);
+	explicit_bzero(text, off);
+	nbe_free(text);
+	return r;
+}
+
+bool nbe_nuvla_has_session(const struct nbe_nuvla *n)
+{
+	return n->has_session;
+}
+
+void nbe_nuvla_drop_session(struct nbe_nuvla *n)
+{
+	CURL *e = cookie_handle(n);
+
+	if (e) {
+		curl_easy_setopt(e, CURLOPT_COOKIELIST, "ALL");
+		curl_easy_cleanup(e);
+	}
+	n->has_session = false;
+	if (n->cookie_file)
+		unlink(n->cookie_file);
+}
+
+int nbe_nuvla_login(struct nbe_nuvla *n, const char *key, const char *secret,
+		    struct nbe_http_response *ret, struct nbe_error *err)
+{
+	cJSON *body = cJSON_CreateObject(), *tmpl;
+	char *text = NULL;
+	int r;
+
+	tmpl = body ? cJSON_AddObjectToObject(body, "template") : NULL;
+	if (!tmpl || !cJSON_AddStringToObject(tmpl, "href", "session-template/api-key") ||
+	    !cJSON_AddStringToObject(tmpl, "key", key) ||
+	    !cJSON_AddStringToObject(tmpl, "secret", secret) ||
+	    !(text = cJSON_PrintUnformatted(body))) {
+		cJSON_Delete(body);
+		return nbe_error_set(err, -ENOMEM, "out of memory");
+	}
+	cJSON_Delete(body);
+	nbe_nuvla_drop_session(n);
+	r = nbe_nuvla_request(n, "POST", "/api/session", text, ret, err);
+	explicit_bzero(text, strlen(text));
+	nbe_free(text);
+	if (r < 0)
+		return r;
+	if (ret->cls == NBE_HTTP_OK) {
+		n->has_session = true;
+		r = save_jar(n);
+		if (r < 0)
+			return nbe_error_set(err, r, "%s: cannot save the session: %s",
+					     n->cookie_file, strerror(-r));
+	}
+	return 0;
+}
+
+void nbe_nuvla_free(struct nbe_nuvla *n)
+{
+	if (!n)
+		return;
+	while (n->transfers) {
+		struct transfer *t = n->transfers;
+		n->transfers = t->next;
+		transfer_free(t);
+	}
+	curl_multi_cleanup(n->multi);
+	curl_share_cleanup(n->share);
+	nbe_free(n->endpoint);
+	nbe_free(n->ca_file);
+	nbe_free(n->client_cert);
+	nbe_free(n->client_key);
+	nbe_free(n->cookie_file);
+	nbe_free(n->user_agent);
+	nbe_free(n);
+}
+
+static int dup_opt(char **dst, const char *src)
+{
+	if (!src)
+		return 0;
+	*dst = nbe_strdup(src);
+	return *dst ? 0 : -ENOMEM;
+}
+
+int nbe_nuvla_new(const struct nbe_nuvla_opts *opts, struct nbe_nuvla **ret, struct nbe_error *err)
+{
+	struct nbe_nuvla *n;
+	int r = global_init();
+
+	if (r < 0)
+		return nbe_error_set(err, r, "cannot initialise libcurl");
+	n = nbe_calloc(1, sizeof(*n));
+	if (!n)
+		return nbe_error_set(err, -ENOMEM, "out of memory");
+	n->insecure = opts->insecure;
+	n->connect_timeout_ms = opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 10000;
+	n->request_timeout_ms = opts->request_timeout_ms > 0 ? opts->request_timeout_ms : 30000;
+	n->max_body = opts->max_body ? opts->max_body : NBE_NUVLA_MAX_BODY;
+	n->max_in_flight = opts->max_in_flight > 0 ? opts->max_in_flight : 1;
+	if (dup_opt(&n->endpoint, opts->endpoint) || dup_opt(&n->ca_file, opts->ca_file) ||
+	    dup_opt(&n->client_cert, opts->client_cert) ||
+	    dup_opt(&n->client_key, opts->client_key) ||
+	    dup_opt(&n->cookie_file, opts->cookie_file) ||
+	    dup_opt(&n->user_agent, opts->user_agent ? opts->user_agent : "nuvlabox-event"))
+		goto err_oom;
+	n->multi = curl_multi_init();
+	n->share = curl_share_init();
+	if (!n->multi || !n->share)
+		goto err_oom;
+	if (curl_share_setopt(n->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_COOKIE) != CURLSHE_OK ||
+	    curl_multi_setopt(n->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX) !=
+		    CURLM_OK ||
+	    curl_multi_setopt(n->multi, CURLMOPT_MAX_HOST_CONNECTIONS, n->max_in_flight) !=
+		    CURLM_OK ||
+	    curl_multi_setopt(n->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, n->max_in_flight) !=
+		    CURLM_OK) {
+		nbe_nuvla_free(n);
+		return nbe_error_set(err, -EINVAL, "cannot configure libcurl");
+	}
+	load_jar(n);
+	*ret = n;
+	return 0;
+
+err_oom:
+	nbe_nuvla_free(n);
+	return nbe_error_set(err, -ENOMEM, "out of memory");
+}

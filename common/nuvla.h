@@ -1,0 +1,113 @@
+/*
+ * nuvla: the HTTP client for the Nuvla API (NUVLA-CONTRACT §1-§3) over
+ * libcurl: TLS server verification (host name always checked unless
+ * insecure), a client certificate for mTLS gateways, bounded timeouts and
+ * response sizes, api-key session login with the cookie kept in a jar file
+ * (0600) across restarts, and several requests in flight on one connection
+ * (HTTP/2 multiplexing where the server offers it).
+ *
+ * Every response is classified once (enum nbe_http_class), so the uploader
+ * and the CLI agree on what a failure means (DESIGN §5).
+ */
+#ifndef NBE_NUVLA_H
+#define NBE_NUVLA_H
+
+#include "error.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define NBE_NUVLA_MAX_BODY (1024 * 1024)
+/* Retry-After is obeyed up to this (DESIGN §5). */
+#define NBE_RETRY_AFTER_MAX_S 3600
+
+struct nbe_nuvla_opts {
+	const char *endpoint; /* "https://host[:port]" */
+	bool insecure;	      /* no server verification at all (loudly warned by the caller) */
+	const char *ca_file;  /* NULL: the system trust store */
+	const char *client_cert, *client_key; /* NULL: no client certificate */
+	const char *cookie_file;	      /* the jar, or NULL for none */
+	int64_t connect_timeout_ms, request_timeout_ms;
+	size_t max_body;    /* responses larger than this fail (0: NBE_NUVLA_MAX_BODY) */
+	long max_in_flight; /* requests at once */
+	const char *user_agent;
+};
+
+enum nbe_http_class {
+	NBE_HTTP_OK,		/* 2xx */
+	NBE_HTTP_NUVLA_ERROR,	/* a Nuvla error document ({"status":N,"message":...}) */
+	NBE_HTTP_GATEWAY_ERROR, /* 4xx/5xx that is not Nuvla's (nginx's HTML, ...) */
+	NBE_HTTP_CONNECT,	/* nothing was sent: DNS, TCP, TLS, certificate verification */
+	NBE_HTTP_IN_DOUBT,	/* sent, outcome unknown: timeout, reset, truncated answer */
+};
+
+struct nbe_http_response {
+	enum nbe_http_class cls;
+	long status; /* HTTP status, 0 without one */
+	char *body;  /* NUL-terminated, may be NULL; owned */
+	size_t body_len;
+	int64_t retry_after_s; /* -1 when absent; capped at NBE_RETRY_AFTER_MAX_S */
+	char message[512];     /* what went wrong, for logs and status: never a secret */
+};
+
+void nbe_http_response_clear(struct nbe_http_response *r);
+
+struct nbe_nuvla;
+
+/* Creates a client. Returns 0 or -errno with @err set. */
+int nbe_nuvla_new(const struct nbe_nuvla_opts *opts, struct nbe_nuvla **ret, struct nbe_error *err);
+void nbe_nuvla_free(struct nbe_nuvla *n);
+
+/* Called when a request finishes; @resp is valid during the call only. */
+typedef void (*nbe_nuvla_done_fn)(void *userdata, struct nbe_http_response *resp);
+
+/*
+ * Starts a request: @method "GET"/"POST"/"PUT", @path under the endpoint
+ * ("/api/event"), @body JSON or NULL. @done is called from
+ * nbe_nuvla_perform(). Returns 0, -EBUSY when max_in_flight requests are
+ * running, -ENOMEM.
+ */
+int nbe_nuvla_start(struct nbe_nuvla *n, const char *method, const char *path, const char *body,
+		    nbe_nuvla_done_fn done, void *userdata, struct nbe_error *err);
+
+/* Requests in flight. */
+int nbe_nuvla_in_flight(const struct nbe_nuvla *n);
+
+/*
+ * Waits up to @timeout_ms for network activity, drives the transfers and
+ * calls the done callbacks of finished ones. Returns 0 or -errno.
+ */
+int nbe_nuvla_perform(struct nbe_nuvla *n, int timeout_ms, struct nbe_error *err);
+
+/* Runs one request to completion. @ret is filled (clear it afterwards). */
+int nbe_nuvla_request(struct nbe_nuvla *n, const char *method, const char *path, const char *body,
+		      struct nbe_http_response *ret, struct nbe_error *err);
+
+/*
+ * Logs in with an api key (POST /api/session) and saves the cookie jar.
+ * @ret is the response (class OK on success). Returns 0 when the request
+ * ran, whatever its outcome, or -errno.
+ */
+int nbe_nuvla_login(struct nbe_nuvla *n, const char *key, const char *secret,
+		    struct nbe_http_response *ret, struct nbe_error *err);
+
+/* Whether the jar holds a session cookie (loaded or from a login). */
+bool nbe_nuvla_has_session(const struct nbe_nuvla *n);
+
+/* Forgets the session (after a 403) and removes it from the jar. */
+void nbe_nuvla_drop_session(struct nbe_nuvla *n);
+
+/* The TLS library libcurl uses ("OpenSSL/3.0.x", "mbedTLS/2.28.x"). */
+const char *nbe_nuvla_tls_library(void);
+
+/*
+ * Parses a Nuvla error document: on success copies its message into @out
+ * and returns its status; returns -1 when @body is not one.
+ */
+long nbe_nuvla_parse_error(const char *body, char *out, size_t out_size);
+
+/* Reads "resource-id" of a create response, else "id". New string or NULL. */
+char *nbe_nuvla_resource_id(const char *body);
+
+#endif

@@ -1,0 +1,746 @@
+#include "uploader.h"
+
+#include "alloc.h"
+#include "clock.h"
+#include "ids.h"
+#include "json.h"
+#include "random.h"
+#include "wire.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+/* Events read from the buffer at a time. */
+#define QUEUE_MAX 64
+/* The in-flight mark runs this far ahead of the events sent (one fsync per
+ * this many events). */
+#define MARK_WINDOW 64
+/* In-doubt events looked up in one search. */
+#define LOOKUP_MAX 20
+#define MAX_SLOTS  64
+
+struct slot {
+	bool used, done;
+	int64_t seq;
+	char id[NBE_UUID_LEN + 1];
+	char *wire;
+	struct nbe_http_response resp;
+};
+
+struct nbe_uploader {
+	struct nbe_uploader_opts o;
+	char *nuvlabox_id, *api_key, *api_secret, *agent_version, *boot_id, *timesync_file;
+	char *owner;
+	bool owner_tried;
+	bool recovered;
+	int64_t mark;
+	unsigned failures; /* consecutive failed rounds, for the backoff */
+	struct slot slots[MAX_SLOTS];
+	int in_flight;
+};
+
+const char *nbe_upload_state_for(enum nbe_upload_fail f)
+{
+	switch (f) {
+	case NBE_FAIL_NONE:
+		return "idle";
+	case NBE_FAIL_RETRYABLE:
+		return "backoff";
+	case NBE_FAIL_CONNECT:
+	case NBE_FAIL_ENDPOINT:
+	case NBE_FAIL_CONFIG:
+		return "offline";
+	case NBE_FAIL_GATEWAY:
+	case NBE_FAIL_AUTH:
+		return "auth-failed";
+	}
+	return "idle";
+}
+
+static void set_fail(struct nbe_upload_result *res, enum nbe_upload_fail f, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void set_fail(struct nbe_upload_result *res, enum nbe_upload_fail f, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (res->fail != NBE_FAIL_NONE)
+		return; /* the first failure of a round is the one reported */
+	res->fail = f;
+	va_start(ap, fmt);
+	vsnprintf(res->error, sizeof(res->error), fmt, ap);
+	va_end(ap);
+}
+
+/* The class of a failed login or lookup (not an event post). */
+static enum nbe_upload_fail request_fail(const struct nbe_http_response *r)
+{
+	switch (r->cls) {
+	case NBE_HTTP_OK:
+		return NBE_FAIL_NONE;
+	case NBE_HTTP_CONNECT:
+		return NBE_FAIL_CONNECT;
+	case NBE_HTTP_IN_DOUBT:
+		return NBE_FAIL_RETRYABLE;
+	case NBE_HTTP_GATEWAY_ERROR:
+		return r->status >= 500 || r->status == 429 ? NBE_FAIL_RETRYABLE : NBE_FAIL_GATEWAY;
+	case NBE_HTTP_NUVLA_ERROR:
+		if (r->status == 403)
+			return NBE_FAIL_AUTH;
+		if (r->status == 404 || r->status == 405)
+			return NBE_FAIL_ENDPOINT;
+		return NBE_FAIL_RETRYABLE;
+	}
+	return NBE_FAIL_RETRYABLE;
+}
+
+static void take_retry_after(struct nbe_upload_result *res, const struct nbe_http_response *r)
+{
+	if (r->retry_after_s >= 0 && res->retry_after_ms < 0)
+		res->retry_after_ms = r->retry_after_s * 1000;
+}
+
+static int login(struct nbe_uploader *up, struct nbe_upload_result *res, struct nbe_error *err)
+{
+	struct nbe_http_response r = { 0 };
+	enum nbe_upload_fail f;
+	int rc = nbe_nuvla_login(up->o.nuvla, up->api_key, up->api_secret, &r, err);
+
+	if (rc < 0)
+		return rc;
+	f = request_fail(&r);
+	if (f != NBE_FAIL_NONE) {
+		take_retry_after(res, &r);
+		set_fail(res, f, "login as %s: %s", up->api_key, r.message);
+	}
+	nbe_http_response_clear(&r);
+	return 0;
+}
+
+static int ensure_owner(struct nbe_uploader *up, bool *relogged, struct nbe_upload_result *res,
+			struct nbe_error *err)
+{
+	struct nbe_http_response r = { 0 };
+	char path[160];
+	cJSON *doc, *owner;
+	int rc;
+
+	if (up->owner || up->owner_tried)
+		return 0;
+	rc = nbe_buffer_meta_get(up->o.buf, "owner", &up->owner, err);
+	if (rc < 0 || up->owner)
+		return rc;
+	snprintf(path, sizeof(path), "/api/%s", up->nuvlabox_id);
+	for (;;) {
+		rc = nbe_nuvla_request(up->o.nuvla, "GET", path, NULL, &r, err);
+		if (rc < 0)
+			return rc;
+		if (r.cls == NBE_HTTP_NUVLA_ERROR && r.status == 403 && !*relogged) {
+			nbe_http_response_clear(&r);
+			*relogged = true;
+			rc = login(up, res, err);
+			if (rc < 0 || res->fail != NBE_FAIL_NONE)
+				return rc;
+			continue;
+		}
+		break;
+	}
+	if (r.cls == NBE_HTTP_OK) {
+		doc = cJSON_Parse(r.body ? r.body : "");
+		owner = cJSON_GetObjectItemCaseSensitive(doc, "owner");
+		if (cJSON_IsString(owner) && nbe_principal_valid(owner->valuestring)) {
+			up->owner = nbe_strdup(owner->valuestring);
+			if (!up->owner)
+				rc = nbe_error_set(err, -ENOMEM, "out of memory");
+			else
+				rc = nbe_buffer_meta_set(up->o.buf, "owner", up->owner, err);
+		}
+		cJSON_Delete(doc);
+		up->owner_tried = true;
+	} else if (r.cls == NBE_HTTP_NUVLA_ERROR && r.status >= 400 && r.status < 500) {
+		up->owner_tried = true; /* not allowed to read it: events carry no owner */
+	} else {
+		take_retry_after(res, &r);
+		set_fail(res, request_fail(&r), "reading %s: %s", up->nuvlabox_id, r.message);
+	}
+	nbe_http_response_clear(&r);
+	return rc;
+}
+
+/* Percent-encodes @s into @out (RFC 3986 unreserved kept). */
+static void url_encode(const char *s, char *out, size_t size)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t o = 0;
+
+	for (; *s && o + 4 < size; s++) {
+		unsigned char c = (unsigned char)*s;
+		if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		    c == '-' || c == '_' || c == '.' || c == '~') {
+			out[o++] = (char)c;
+		} else {
+			out[o++] = '%';
+			out[o++] = hex[c >> 4];
+			out[o++] = hex[c & 15];
+		}
+	}
+	out[o] = '\0';
+}
+
+/*
+ * Looks up in-doubt events by their device-event tag. Found ones are
+ * acknowledged with the server's id; *ret_found counts them, and @looked[i]
+ * says which were searched successfully (and so may be sent now).
+ */
+static int lookup(struct nbe_uploader *up, struct nbe_event *evs, size_t n, bool *looked,
+		  struct nbe_upload_result *res, struct nbe_error *err)
+{
+	char filter[LOOKUP_MAX * 64], enc[LOOKUP_MAX * 64 * 3 + 1], *path;
+	struct nbe_http_response r = { 0 };
+	struct nbe_ack acks[LOOKUP_MAX];
+	char *ids[LOOKUP_MAX] = { 0 };
+	size_t off = 0, nacks = 0;
+	cJSON *doc, *list, *it;
+	int rc;
+
+	for (size_t i = 0; i < n; i++)
+		off += (size_t)snprintf(filter + off, sizeof(filter) - off,
+					"%stags='device-event/%s'", i ? " or " : "", evs[i].id);
+	url_encode(filter, enc, sizeof(enc));
+	path = nbe_malloc(strlen(enc) + 64);
+	if (!path)
+		return nbe_error_set(err, -ENOMEM, "out of memory");
+	snprintf(path, strlen(enc) + 64, "/api/event?filter=%s&select=id,tags&last=%zu", enc,
+		 2 * n);
+	rc = nbe_nuvla_request(up->o.nuvla, "GET", path, NULL, &r, err);
+	nbe_free(path);
+	if (rc < 0)
+		return rc;
+	if (r.cls != NBE_HTTP_OK) {
+		take_retry_after(res, &r);
+		set_fail(res, request_fail(&r), "looking up in-doubt events: %s", r.message);
+		nbe_http_response_clear(&r);
+		return 0;
+	}
+	doc = cJSON_Parse(r.body ? r.body : "");
+	list = cJSON_GetObjectItemCaseSensitive(doc, "resources");
+	if (!cJSON_IsArray(list)) {
+		set_fail(res, NBE_FAIL_RETRYABLE, "looking up in-doubt events: unexpected answer");
+		cJSON_Delete(doc);
+		nbe_http_response_clear(&r);
+		return 0;
+	}
+	for (size_t i = 0; i < n; i++) {
+		char tag[sizeof("device-event/") + NBE_UUID_LEN];
+		snprintf(tag, sizeof(tag), "device-event/%s", evs[i].id);
+		looked[i] = true;
+		cJSON_ArrayForEach(it, list)
+		{
+			cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id"), *t;
+			bool match = false;
+			cJSON_ArrayForEach(t, cJSON_GetObjectItemCaseSensitive(it, "tags"))
+			{
+				if (cJSON_IsString(t) && strcmp(t->valuestring, tag) == 0)
+					match = true;
+			}
+			if (match && cJSON_IsString(id) && nbe_href_is(id->valuestring, "event")) {
+				ids[nacks] = nbe_strdup(id->valuestring);
+				if (!ids[nacks]) {
+					rc = nbe_error_set(err, -ENOMEM, "out of memory");
+					goto out;
+				}
+				acks[nacks].seq = evs[i].seq;
+				acks[nacks].server_id = ids[nacks];
+				acks[nacks].wire = NULL;
+				nacks++;
+				break;
+			}
+		}
+	}
+	if (nacks) {
+		rc = nbe_buffer_mark_sent(up->o.buf, acks, nacks, err);
+		if (rc == 0)
+			res->found += (int64_t)nacks;
+	}
+out:
+	for (size_t i = 0; i < nacks; i++)
+		nbe_free(ids[i]);
+	cJSON_Delete(doc);
+	nbe_http_response_clear(&r);
+	return rc;
+}
+
+static void on_done(void *userdata, struct nbe_http_response *resp)
+{
+	struct slot *s = userdata;
+
+	s->resp = *resp;
+	resp->body = NULL;
+	s->done = true;
+}
+
+/* The corrected capture time of an event taken while the clock was not
+ * synchronised, once it is, in the same boot (DESIGN §5 Clock); 0 if none. */
+static int64_t restamp(const struct nbe_uploader *up, const struct nbe_event *ev, bool synced,
+		       int64_t now_ms)
+{
+	if (ev->clock_synced || !synced || strcmp(ev->boot_id, up->boot_id) != 0)
+		return 0;
+	return now_ms - (nbe_clock_boottime_ms() - ev->boottime_ms);
+}
+
+/* Builds the body and starts the POST of @ev. *ret_wait when its parent has
+ * no server id yet. */
+static int dispatch(struct nbe_uploader *up, const struct nbe_event *ev, bool *ret_wait,
+		    struct nbe_upload_result *res, struct nbe_error *err)
+{
+	struct nbe_wire_ctx ctx = { 0 };
+	struct slot *s = NULL;
+	char *parent = NULL, *body = NULL;
+	int rc;
+
+	rc = nbe_buffer_resolve_parent(up->o.buf, ev, &parent, ret_wait, err);
+	if (rc < 0 || *ret_wait)
+		return rc;
+	ctx.nuvlabox_id = up->nuvlabox_id;
+	ctx.owner = up->owner;
+	ctx.agent_version = up->agent_version;
+	ctx.parent_href = parent;
+	ctx.now_ms = nbe_clock_wall_ms();
+	ctx.now_synced = nbe_clock_synced(up->timesync_file);
+	ctx.restamp_ms = restamp(up, ev, ctx.now_synced, ctx.now_ms);
+	rc = nbe_wire_build(ev, &ctx, &body, err);
+	nbe_free(parent);
+	if (rc == -EMSGSIZE || rc == -EINVAL) {
+		/* cannot ever be sent as it is: a dead letter, not a stuck queue */
+		rc = nbe_buffer_mark_dead(up->o.buf, ev->seq, err->msg, err);
+		if (rc == 0)
+			res->dead++;
+		return rc;
+	}
+	if (rc < 0)
+		return rc;
+	if (ev->seq > up->mark) {
+		rc = nbe_buffer_set_inflight_mark(up->o.buf, ev->seq + MARK_WINDOW, err);
+		if (rc < 0)
+			goto err_free;
+		up->mark = ev->seq + MARK_WINDOW;
+	}
+	for (int i = 0; i < MAX_SLOTS; i++) {
+		if (!up->slots[i].used) {
+			s = &up->slots[i];
+			break;
+		}
+	}
+	if (!s) {
+		rc = nbe_error_set(err, -EBUSY, "no free request slot");
+		goto err_free;
+	}
+	memset(s, 0, sizeof(*s));
+	rc = nbe_nuvla_start(up->o.nuvla, "POST", "/api/event", body, on_done, s, err);
+	if (rc < 0)
+		goto err_free;
+	s->used = true;
+	s->seq = ev->seq;
+	memcpy(s->id, ev->id, sizeof(s->id));
+	s->wire = body;
+	up->in_flight++;
+	return 0;
+
+err_free:
+	nbe_free(body);
+	return rc;
+}
+
+/*
+ * Handles the answer to one POST. Acknowledgements are collected in @acks
+ * (the slot's server id and body move there); failures are recorded on the
+ * event and in @res. Sets *need_login on a 403.
+ */
+static int handle(struct nbe_uploader *up, struct slot *s, struct nbe_ack *acks, size_t *nacks,
+		  char **owned, bool *need_login, struct nbe_upload_result *res,
+		  struct nbe_error *err)
+{
+	struct nbe_http_response *r = &s->resp;
+	int64_t next = nbe_clock_wall_ms() + up->o.lookup_delay_ms;
+	bool in_doubt = false, dead = false;
+	enum nbe_upload_fail f = NBE_FAIL_NONE;
+	char msg[600];
+
+	switch (r->cls) {
+	case NBE_HTTP_OK: {
+		char *id = nbe_nuvla_resource_id(r->body);
+		if (r->status == 201 && id && nbe_href_is(id, "event")) {
+			acks[*nacks].seq = s->seq;
+			acks[*nacks].server_id = id;
+			acks[*nacks].wire = s->wire;
+			owned[2 * *nacks] = id;
+			owned[2 * *nacks + 1] = s->wire;
+			s->wire = NULL;
+			(*nacks)++;
+			return 0;
+		}
+		nbe_free(id);
+		in_doubt = true; /* a 2xx we cannot read: it may have been stored */
+		f = NBE_FAIL_RETRYABLE;
+		snprintf(msg, sizeof(msg), "unexpected answer (HTTP %ld) to creating an event",
+			 r->status);
+		break;
+	}
+	case NBE_HTTP_NUVLA_ERROR:
+		snprintf(msg, sizeof(msg), "%s", r->message);
+		if (r->status == 403) {
+			*need_login = true;
+			f = NBE_FAIL_AUTH;
+		} else if (r->status == 404 || r->status == 405) {
+			f = NBE_FAIL_ENDPOINT;
+		} else if (r->status == 429 || r->status == 503) {
+			f = NBE_FAIL_RETRYABLE;
+		} else if (r->status >= 500 || r->status == 408) {
+			in_doubt = true;
+			f = NBE_FAIL_RETRYABLE;
+		} else {
+			dead = true; /* 400, 413 and other permanent refusals of this event */
+		}
+		break;
+	case NBE_HTTP_GATEWAY_ERROR:
+		snprintf(msg, sizeof(msg), "%s", r->message);
+		if (r->status >= 500 || r->status == 429 || r->status == 408) {
+			in_doubt = r->status != 429;
+			f = NBE_FAIL_RETRYABLE;
+		} else {
+			f = NBE_FAIL_GATEWAY; /* about the connection, not the event */
+		}
+		break;
+	case NBE_HTTP_CONNECT:
+		snprintf(msg, sizeof(msg), "%s", r->message);
+		f = NBE_FAIL_CONNECT;
+		break;
+	case NBE_HTTP_IN_DOUBT:
+		snprintf(msg, sizeof(msg), "%s", r->message);
+		in_doubt = true;
+		f = NBE_FAIL_RETRYABLE;
+		break;
+	}
+	if (dead) {
+		int rc = nbe_buffer_mark_dead(up->o.buf, s->seq, msg, err);
+		if (rc == 0)
+			res->dead++;
+		return rc;
+	}
+	take_retry_after(res, r);
+	if (f != NBE_FAIL_AUTH)
+		set_fail(res, f, "%s", msg);
+	return nbe_buffer_mark_retry(up->o.buf, s->seq, in_doubt, in_doubt ? next : 0, msg, err);
+}
+
+/* Processes finished requests in seq order of completion. */
+static int reap(struct nbe_uploader *up, bool *need_login, nbe_upload_progress_fn fn,
+		void *userdata, struct nbe_upload_result *res, struct nbe_error *err)
+{
+	struct nbe_ack acks[MAX_SLOTS];
+	char *owned[2 * MAX_SLOTS];
+	size_t nacks = 0;
+	int64_t dead_before = res->dead;
+	int rc = 0;
+
+	for (int i = 0; i < MAX_SLOTS; i++) {
+		struct slot *s = &up->slots[i];
+		if (!s->used || !s->done)
+			continue;
+		if (rc == 0)
+			rc = handle(up, s, acks, &nacks, owned, need_login, res, err);
+		nbe_http_response_clear(&s->resp);
+		nbe_free(s->wire);
+		s->used = false;
+		up->in_flight--;
+	}
+	if (rc == 0 && nacks) {
+		rc = nbe_buffer_mark_sent(up->o.buf, acks, nacks, err);
+		if (rc == 0)
+			res->sent += (int64_t)nacks;
+	}
+	for (size_t i = 0; i < 2 * nacks; i++)
+		nbe_free(owned[i]);
+	if (rc == 0 && fn && (nacks || res->dead != dead_before))
+		fn(userdata, res->sent + res->found, res->dead);
+	return rc;
+}
+
+static bool slot_in_flight(const struct nbe_uploader *up, int64_t seq)
+{
+	for (int i = 0; i < MAX_SLOTS; i++) {
+		if (up->slots[i].used && up->slots[i].seq == seq)
+			return true;
+	}
+	return false;
+}
+
+static void sleep_ms(int64_t ms)
+{
+	struct timespec ts;
+
+	if (ms <= 0)
+		return;
+	ts.tv_sec = (time_t)(ms / 1000);
+	ts.tv_nsec = (long)(ms % 1000) * 1000000L;
+	while (nanosleep(&ts, &ts) != 0)
+		;
+}
+
+/* Looks up the in-doubt events at the head of @q (after the refresh delay).
+ * Returns how many were handled (found or cleared to send), 0 to stop. */
+static int lookup_head(struct nbe_uploader *up, struct nbe_event *q, size_t qn, int64_t deadline,
+		       bool *looked, struct nbe_upload_result *res, struct nbe_error *err)
+{
+	size_t n = 0;
+	int64_t wait;
+	int rc;
+
+	while (n < qn && n < LOOKUP_MAX && q[n].in_doubt)
+		n++;
+	wait = q[n - 1].next_attempt_ms - nbe_clock_wall_ms();
+	if (wait > up->o.lookup_delay_ms)
+		wait = up->o.lookup_delay_ms; /* a clock step must not stall us */
+	if (wait > 0) {
+		if (nbe_clock_monotonic_ms() + wait > deadline)
+			return 0;
+		sleep_ms(wait);
+	}
+	memset(looked, 0, n * sizeof(*looked));
+	rc = lookup(up, q, n, looked, res, err);
+	if (rc < 0)
+		return rc;
+	return res->fail == NBE_FAIL_NONE ? (int)n : 0;
+}
+
+int nbe_uploader_round(struct nbe_uploader *up, int64_t deadline_ms, nbe_upload_progress_fn fn,
+		       void *userdata, struct nbe_upload_result *res, struct nbe_error *err)
+{
+	struct nbe_event q[QUEUE_MAX];
+	bool looked[QUEUE_MAX] = { 0 };
+	size_t qn = 0, qi = 0;
+	int64_t after = 0;
+	bool relogged = false, stop = false, need_login = false;
+	int rc = 0;
+
+	memset(res, 0, sizeof(*res));
+	memset(q, 0, sizeof(q));
+	res->retry_after_ms = -1;
+	if (!up->nuvlabox_id || !up->api_key || !up->api_secret) {
+		set_fail(res, NBE_FAIL_CONFIG, "%s",
+			 !up->nuvlabox_id ? "the nuvlabox id is not known (nuvlabox_id)"
+					  : "no api key and secret (api_key, api_secret_file)");
+		return 0;
+	}
+	if (!up->recovered) {
+		int64_t n;
+		rc = nbe_buffer_recover_inflight(up->o.buf, &n, err);
+		if (rc < 0)
+			return rc;
+		up->recovered = true;
+		up->mark = 0;
+	}
+	if (!nbe_nuvla_has_session(up->o.nuvla)) {
+		rc = login(up, res, err);
+		if (rc < 0 || res->fail != NBE_FAIL_NONE)
+			return rc;
+		relogged = true;
+	}
+	rc = ensure_owner(up, &relogged, res, err);
+	if (rc < 0 || res->fail != NBE_FAIL_NONE)
+		return rc;
+
+	for (;;) {
+		bool wait = false;
+
+		/* refill the queue of events to send */
+		if (qi == qn && !stop) {
+			for (size_t i = 0; i < qn; i++)
+				nbe_event_clear(&q[i]);
+			qn = qi = 0;
+			rc = nbe_buffer_pending(up->o.buf, after, QUEUE_MAX, q, &qn, err);
+			if (rc < 0)
+				break;
+			memset(looked, 0, sizeof(looked));
+		}
+		/* dispatch in capture order while the window has room */
+		while (!stop && qi < qn && up->in_flight < up->o.max_in_flight &&
+		       nbe_clock_monotonic_ms() < deadline_ms) {
+			struct nbe_event *ev = &q[qi];
+
+			if (ev->in_doubt && !looked[qi]) {
+				int k;
+				if (up->in_flight > 0)
+					break; /* keep the order: look up with nothing in flight */
+				k = lookup_head(up, &q[qi], qn - qi, deadline_ms, &looked[qi], res,
+						err);
+				if (k < 0) {
+					rc = k;
+					goto out;
+				}
+				if (k == 0) {
+					stop = true;
+					break;
+				}
+				/* found ones are sent now: re-read from here */
+				after = ev->seq - 1;
+				qi = qn;
+				break;
+			}
+			rc = dispatch(up, ev, &wait, res, err);
+			if (rc < 0)
+				goto out;
+			if (wait) {
+				if (!slot_in_flight(up, ev->parent_seq) && up->in_flight == 0) {
+					/* the parent is neither in flight nor sent: it failed
+					 * in this round, so its children wait for the next */
+					stop = true;
+				}
+				break;
+			}
+			after = ev->seq;
+			qi++;
+		}
+		if (up->in_flight == 0) {
+			if (need_login) {
+				need_login = false;
+				if (relogged) {
+					set_fail(res, NBE_FAIL_AUTH,
+						 "Nuvla refused the credentials of %s (403 after a "
+						 "new login)",
+						 up->api_key);
+					break;
+				}
+				relogged = true;
+				nbe_nuvla_drop_session(up->o.nuvla);
+				rc = login(up, res, err);
+				if (rc < 0 || res->fail != NBE_FAIL_NONE)
+					break;
+				/* start again from the oldest pending event */
+				stop = false;
+				after = 0;
+				qi = qn;
+				continue;
+			}
+			if (stop || res->fail != NBE_FAIL_NONE)
+				break;
+			if (qi == qn && qn == 0)
+				break; /* nothing left */
+			if (nbe_clock_monotonic_ms() >= deadline_ms)
+				break;
+			if (wait && qi < qn)
+				continue;
+		}
+		rc = nbe_nuvla_perform(up->o.nuvla, 50, err);
+		if (rc < 0)
+			break;
+		rc = reap(up, &need_login, fn, userdata, res, err);
+		if (rc < 0)
+			break;
+		if (need_login || res->fail != NBE_FAIL_NONE)
+			stop = true;
+	}
+out:
+	/* a local error: let what is in flight finish and be recorded */
+	while (up->in_flight > 0) {
+		struct nbe_error e2;
+		if (nbe_nuvla_perform(up->o.nuvla, 50, &e2) < 0 ||
+		    reap(up, &need_login, fn, userdata, res, &e2) < 0)
+			break;
+	}
+	for (size_t i = 0; i < qn; i++)
+		nbe_event_clear(&q[i]);
+	if (rc == 0 && up->in_flight == 0 && up->mark != 0) {
+		/* nothing in flight: a restart needs no lookups */
+		rc = nbe_buffer_set_inflight_mark(up->o.buf, 0, err);
+		if (rc == 0)
+			up->mark = 0;
+	}
+	if (rc == 0) {
+		if (res->fail == NBE_FAIL_NONE)
+			up->failures = 0;
+		else if (up->failures < 62)
+			up->failures++;
+	}
+	return rc;
+}
+
+int64_t nbe_uploader_backoff_ms(struct nbe_uploader *up, const struct nbe_upload_result *res)
+{
+	int64_t ceiling;
+	unsigned n = up->failures ? up->failures - 1 : 0;
+
+	if (res->retry_after_ms >= 0)
+		return res->retry_after_ms < NBE_RETRY_AFTER_MAX_S * 1000
+			       ? res->retry_after_ms
+			       : NBE_RETRY_AFTER_MAX_S * 1000;
+	ceiling = up->o.retry_base_ms;
+	while (n-- > 0 && ceiling < up->o.retry_cap_ms)
+		ceiling *= 2;
+	if (ceiling > up->o.retry_cap_ms)
+		ceiling = up->o.retry_cap_ms;
+	return (int64_t)nbe_random_below((uint64_t)ceiling + 1);
+}
+
+void nbe_uploader_free(struct nbe_uploader *up)
+{
+	if (!up)
+		return;
+	for (int i = 0; i < MAX_SLOTS; i++) {
+		nbe_free(up->slots[i].wire);
+		nbe_http_response_clear(&up->slots[i].resp);
+	}
+	nbe_free(up->nuvlabox_id);
+	nbe_free(up->api_key);
+	if (up->api_secret) {
+		explicit_bzero(up->api_secret, strlen(up->api_secret));
+		nbe_free(up->api_secret);
+	}
+	nbe_free(up->agent_version);
+	nbe_free(up->boot_id);
+	nbe_free(up->timesync_file);
+	nbe_free(up->owner);
+	nbe_free(up);
+}
+
+int nbe_uploader_new(const struct nbe_uploader_opts *opts, struct nbe_uploader **ret,
+		     struct nbe_error *err)
+{
+	struct nbe_uploader *up = nbe_calloc(1, sizeof(*up));
+
+	if (!up)
+		return nbe_error_set(err, -ENOMEM, "out of memory");
+	up->o = *opts;
+	if (up->o.max_in_flight < 1)
+		up->o.max_in_flight = 1;
+	if (up->o.max_in_flight > MAX_SLOTS)
+		up->o.max_in_flight = MAX_SLOTS;
+	if (up->o.retry_base_ms < 1)
+		up->o.retry_base_ms = 1;
+	if (up->o.retry_cap_ms < up->o.retry_base_ms)
+		up->o.retry_cap_ms = up->o.retry_base_ms;
+#define DUP(f)                                                                                     \
+	do {                                                                                       \
+		if (opts->f && !(up->f = nbe_strdup(opts->f)))                                     \
+			goto err_oom;                                                              \
+	} while (0)
+	DUP(nuvlabox_id);
+	DUP(api_key);
+	DUP(api_secret);
+	DUP(agent_version);
+	DUP(boot_id);
+	DUP(timesync_file);
+#undef DUP
+	if (!up->agent_version || !up->boot_id)
+		goto err_oom;
+	*ret = up;
+	return 0;
+err_oom:
+	nbe_uploader_free(up);
+	return nbe_error_set(err, -ENOMEM, "out of memory");
+}
