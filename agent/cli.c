@@ -30,6 +30,8 @@ static const struct command commands[] = {
 	{ "status", cmd_status, "status [--json]" },
 	{ "export", cmd_export, "export [--state pending|sent|dead|all]" },
 	{ "purge", cmd_purge, "purge [--include-pending]" },
+	{ "flush", cmd_flush, "flush [--timeout SEC]" },
+	{ "retry-dead", cmd_retry_dead, "retry-dead [ID...]" },
 };
 
 static const struct command *find_command(const char *name)

@@ -84,5 +84,7 @@ int cmd_export(struct cli *c, int argc, char **argv);
 int cmd_show(struct cli *c, int argc, char **argv);
 int cmd_status(struct cli *c, int argc, char **argv);
 int cmd_purge(struct cli *c, int argc, char **argv);
+int cmd_flush(struct cli *c, int argc, char **argv);
+int cmd_retry_dead(struct cli *c, int argc, char **argv);
 
 #endif

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define LINE_MAX_BYTES 4096
 
@@ -481,6 +482,58 @@ int nbe_config_validate(const struct nbe_config *cfg, struct nbe_error *err)
 	if (cfg->state_dir[0] != '/')
 		return nbe_error_set(err, -EINVAL, "state_dir '%s' is not an absolute path",
 				     cfg->state_dir);
+	return 0;
+}
+
+static int check_private(const char *what, const char *path, struct nbe_error *err)
+{
+	struct stat st;
+
+	if (stat(path, &st) != 0)
+		return nbe_error_set(err, -errno, "%s %s: %s", what, path, strerror(errno));
+	if (st.st_mode & 0077)
+		return nbe_error_set(
+			err, -EPERM,
+			"%s %s is readable by group or others (mode %04o); refusing it "
+			"(chmod 600)",
+			what, path, (unsigned)(st.st_mode & 07777));
+	return 0;
+}
+
+int nbe_config_check_key(const struct nbe_config *cfg, struct nbe_error *err)
+{
+	return cfg->client_key ? check_private("client key", cfg->client_key, err) : 0;
+}
+
+int nbe_config_read_secret(const struct nbe_config *cfg, char **ret, struct nbe_error *err)
+{
+	char *text;
+	size_t len;
+	int r;
+
+	*ret = NULL;
+	if (cfg->api_secret) {
+		*ret = nbe_strdup(cfg->api_secret);
+		return *ret ? 0 : nbe_error_set(err, -ENOMEM, "out of memory");
+	}
+	if (!cfg->api_secret_file)
+		return 0;
+	r = check_private("api secret file", cfg->api_secret_file, err);
+	if (r < 0)
+		return r;
+	r = nbe_read_file(cfg->api_secret_file, 4096, &text, &len);
+	if (r < 0)
+		return nbe_error_set(err, r, "api secret file %s: %s", cfg->api_secret_file,
+				     r == -EFBIG ? "larger than 4096 bytes" : strerror(-r));
+	while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r'))
+		text[--len] = '\0';
+	if (len == 0 || strlen(text) != len) {
+		explicit_bzero(text, len);
+		nbe_free(text);
+		return nbe_error_set(err, -EINVAL, "api secret file %s is empty or not text",
+				     cfg->api_secret_file);
+	}
+	*ret = text;
 	return 0;
 }
 

@@ -81,6 +81,19 @@ int nbe_config_set(struct nbe_config *cfg, const char *key, const char *value,
 /* Checks relations between values after everything was applied. */
 int nbe_config_validate(const struct nbe_config *cfg, struct nbe_error *err);
 
+/*
+ * The api secret: NUVLAEDGE_API_SECRET if set, else the content of
+ * api_secret_file without its trailing newline. A secret file or client key
+ * that group or others may read is refused, as ssh refuses such keys.
+ * *ret is a new string (wipe and free it), or NULL when none is configured.
+ * Returns 0, -EPERM (loose mode), -EINVAL (empty), or -errno.
+ */
+int nbe_config_read_secret(const struct nbe_config *cfg, char **ret, struct nbe_error *err);
+
+/* Checks that the client key (if any) is readable and private (0600 or
+ * stricter). Returns 0, -EPERM or -errno. */
+int nbe_config_check_key(const struct nbe_config *cfg, struct nbe_error *err);
+
 /* Releases everything @cfg owns. Accepts NULL. */
 void nbe_config_free(struct nbe_config *cfg);
 

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -185,4 +186,21 @@ char *nbe_path_join(const char *dir, const char *name)
 	p[dl] = '/';
 	memcpy(p + dl + 1, name, nl + 1);
 	return p;
+}
+
+int nbe_lock_try(const char *path, mode_t mode, int *ret_fd)
+{
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, mode);
+
+	if (fd < 0)
+		return -errno;
+	while (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+		int e = errno;
+		if (e == EINTR)
+			continue;
+		close(fd);
+		return e == EWOULDBLOCK ? -EWOULDBLOCK : -e;
+	}
+	*ret_fd = fd;
+	return 0;
 }

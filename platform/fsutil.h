@@ -36,6 +36,13 @@ int nbe_read_file(const char *path, size_t max_bytes, char **ret_data, size_t *r
  */
 int nbe_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode);
 
+/*
+ * Takes an exclusive flock(2) on @path (created with @mode if missing)
+ * without waiting. On success *ret_fd holds the lock until closed. Returns
+ * 0, -EWOULDBLOCK when another process holds it, or -errno.
+ */
+int nbe_lock_try(const char *path, mode_t mode, int *ret_fd);
+
 /* Joins @dir and @name with one '/'. Returns a new string (nbe_free()) or NULL. */
 char *nbe_path_join(const char *dir, const char *name);
 

@@ -1,0 +1,346 @@
+/*
+ * flush and retry-dead: upload what is pending now (DESIGN §5, §7).
+ */
+#include "cli.h"
+
+#include "alloc.h"
+#include "clock.h"
+#include "fsutil.h"
+#include "parse.h"
+#include "sysinfo.h"
+#include "uploader.h"
+#include "version.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define UPLOAD_LOCK	"upload.lock"
+#define COOKIE_JAR	"session.cookie"
+#define LOOKUP_DELAY_MS 2000
+
+struct flush_args {
+	int64_t timeout_ms;
+};
+
+static int flush_opt(struct cli *c, int opt, const char *arg, void *userdata)
+{
+	struct flush_args *a = userdata;
+
+	if (opt == 't' && nbe_parse_duration_ms(arg, &a->timeout_ms) < 0)
+		return cli_usage_error(
+			c, "--timeout '%s': expected seconds or a duration (90s, 5m)", arg);
+	return 0;
+}
+
+struct progress {
+	bool tty;
+	int64_t total;
+};
+
+static void show_progress(void *userdata, int64_t sent, int64_t dead)
+{
+	const struct progress *p = userdata;
+	int64_t done = sent + dead, width = 30, fill;
+
+	if (!p->tty || p->total <= 0)
+		return;
+	fill = done >= p->total ? width : done * width / p->total;
+	fprintf(stderr, "\r[%.*s%*s] %" PRId64 "/%" PRId64 " sent", (int)fill,
+		"##############################", (int)(width - fill), "", done, p->total);
+	fflush(stderr);
+}
+
+/* The exit code of DESIGN §7 for the last failure. */
+static int exit_for(enum nbe_upload_fail f)
+{
+	switch (f) {
+	case NBE_FAIL_NONE:
+		return EX_OK;
+	case NBE_FAIL_CONNECT:
+	case NBE_FAIL_GATEWAY:
+		return EX_UNAVAILABLE;
+	case NBE_FAIL_AUTH:
+		return EX_NOPERM;
+	case NBE_FAIL_ENDPOINT:
+	case NBE_FAIL_CONFIG:
+		return EX_CONFIG;
+	case NBE_FAIL_RETRYABLE:
+		return EX_TEMPFAIL;
+	}
+	return EX_TEMPFAIL;
+}
+
+static bool permanent(enum nbe_upload_fail f)
+{
+	return f == NBE_FAIL_GATEWAY || f == NBE_FAIL_AUTH || f == NBE_FAIL_ENDPOINT ||
+	       f == NBE_FAIL_CONFIG;
+}
+
+/* Saves what `status` shows when no uploader runs. */
+static void save_state(struct nbe_buffer *buf, const struct nbe_upload_result *res,
+		       int64_t next_attempt_ms)
+{
+	char num[32];
+
+	nbe_buffer_meta_set(buf, "upload_state", nbe_upload_state_for(res->fail), NULL);
+	if (res->fail != NBE_FAIL_NONE)
+		nbe_buffer_meta_set(buf, "last_error", res->error, NULL);
+	snprintf(num, sizeof(num), "%" PRId64, next_attempt_ms);
+	nbe_buffer_meta_set(buf, "next_attempt_ms", res->fail == NBE_FAIL_NONE ? NULL : num, NULL);
+}
+
+static void sleep_ms(int64_t ms)
+{
+	struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000L };
+
+	while (ms > 0 && nanosleep(&ts, &ts) != 0)
+		;
+}
+
+/* Everything flush needs, made from the configuration. */
+struct session {
+	struct nbe_buffer *buf;
+	struct nbe_nuvla *nuvla;
+	struct nbe_uploader *up;
+	int lock_fd;
+	char *secret;
+};
+
+static void session_close(struct session *s)
+{
+	nbe_uploader_free(s->up);
+	nbe_nuvla_free(s->nuvla);
+	nbe_buffer_close(s->buf);
+	if (s->secret) {
+		explicit_bzero(s->secret, strlen(s->secret));
+		nbe_free(s->secret);
+	}
+	if (s->lock_fd >= 0)
+		close(s->lock_fd);
+}
+
+static int session_open(struct cli *c, struct session *s)
+{
+	struct nbe_error err = { { 0 } };
+	struct nbe_nuvla_opts no = { 0 };
+	struct nbe_uploader_opts uo = { 0 };
+	char boot_id[NBE_UUID_LEN + 1], *path;
+	int r;
+
+	s->lock_fd = -1;
+	r = nbe_config_check_key(&c->cfg, &err);
+	if (r == 0)
+		r = nbe_config_read_secret(&c->cfg, &s->secret, &err);
+	if (r < 0) {
+		cli_err(c, "%s", err.msg);
+		return r == -ENOMEM ? EX_OSERR : EX_CONFIG;
+	}
+	if (c->cfg.insecure)
+		cli_warn(c, "insecure = true: the server's certificate is NOT verified; anyone "
+			    "on the path can read and change what is sent");
+	r = nbe_boot_id_read(c->cfg.boot_id_file, boot_id, sizeof(boot_id));
+	if (r < 0) {
+		cli_err(c, "%s: cannot read the boot id: %s", c->cfg.boot_id_file, strerror(-r));
+		return EX_IOERR;
+	}
+	r = cli_open_buffer(c, true, &s->buf);
+	if (r)
+		return r;
+	path = nbe_path_join(c->cfg.state_dir, UPLOAD_LOCK);
+	if (!path)
+		return EX_OSERR;
+	r = nbe_lock_try(path, 0640, &s->lock_fd);
+	nbe_free(path);
+	if (r == -EWOULDBLOCK) {
+		cli_err(c, "another uploader (the daemon?) holds %s/%s; try again later",
+			c->cfg.state_dir, UPLOAD_LOCK);
+		return EX_TEMPFAIL;
+	}
+	if (r < 0) {
+		cli_err(c, "%s/%s: %s", c->cfg.state_dir, UPLOAD_LOCK, strerror(-r));
+		return EX_IOERR;
+	}
+	path = nbe_path_join(c->cfg.state_dir, COOKIE_JAR);
+	if (!path)
+		return EX_OSERR;
+	no.endpoint = c->cfg.endpoint;
+	no.insecure = c->cfg.insecure;
+	no.ca_file = c->cfg.ca_file;
+	no.client_cert = c->cfg.client_cert;
+	no.client_key = c->cfg.client_key;
+	no.cookie_file = path;
+	no.connect_timeout_ms = c->cfg.connect_timeout_ms;
+	no.request_timeout_ms = c->cfg.request_timeout_ms;
+	no.max_in_flight = (long)c->cfg.max_in_flight;
+	no.user_agent = "nuvlabox-event/" NBE_VERSION;
+	r = nbe_nuvla_new(&no, &s->nuvla, &err);
+	nbe_free(path);
+	if (r < 0) {
+		cli_err(c, "%s", err.msg);
+		return EX_OSERR;
+	}
+	uo.buf = s->buf;
+	uo.nuvla = s->nuvla;
+	uo.nuvlabox_id = c->cfg.nuvlabox_id;
+	uo.api_key = c->cfg.api_key;
+	uo.api_secret = s->secret;
+	uo.agent_version = NBE_VERSION;
+	uo.boot_id = boot_id;
+	uo.timesync_file = c->cfg.timesync_file;
+	uo.retry_base_ms = c->cfg.retry_base_ms;
+	uo.retry_cap_ms = c->cfg.retry_cap_ms;
+	uo.lookup_delay_ms = LOOKUP_DELAY_MS;
+	uo.max_in_flight = (int)c->cfg.max_in_flight;
+	r = nbe_uploader_new(&uo, &s->up, &err);
+	if (r < 0) {
+		cli_err(c, "%s", err.msg);
+		return EX_OSERR;
+	}
+	return 0;
+}
+
+int cmd_flush(struct cli *c, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "timeout", required_argument, NULL, 't' },
+		CLI_GLOBAL_OPTIONS,
+		{ NULL, 0, NULL, 0 },
+	};
+	struct flush_args a = { .timeout_ms = 60 * 1000 };
+	struct session s = { .lock_fd = -1 };
+	struct nbe_upload_result res = { 0 }, last = { 0 };
+	struct nbe_buffer_stats st;
+	struct nbe_error err = { { 0 } };
+	struct progress prog = { .tty = isatty(STDERR_FILENO) == 1 };
+	int64_t start = nbe_clock_monotonic_ms(), deadline, sent = 0, dead = 0, next = 0;
+	int r;
+
+	r = cli_parse(c, argc, argv, opts, flush_opt, NULL, &a);
+	if (r)
+		return r;
+	r = cli_load_config(c);
+	if (r)
+		return r;
+	r = session_open(c, &s);
+	if (r)
+		goto out;
+	deadline = start + a.timeout_ms;
+	if (nbe_buffer_stats(s.buf, &st, &err) == 0)
+		prog.total = st.pending;
+
+	/* at once, whatever backoff was scheduled; then retry within the timeout */
+	for (;;) {
+		int64_t wait, now;
+
+		r = nbe_uploader_round(s.up, deadline, show_progress, &prog, &res, &err);
+		if (r < 0) {
+			cli_err(c, "%s", err.msg);
+			r = cli_exit_for_errno(r);
+			goto out;
+		}
+		sent += res.sent + res.found;
+		dead += res.dead;
+		if (res.fail != NBE_FAIL_NONE)
+			last = res;
+		r = nbe_buffer_stats(s.buf, &st, &err);
+		if (r < 0) {
+			cli_err(c, "%s", err.msg);
+			r = cli_exit_for_errno(r);
+			goto out;
+		}
+		if (st.pending == 0 || permanent(res.fail))
+			break;
+		now = nbe_clock_monotonic_ms();
+		if (now >= deadline)
+			break;
+		wait = res.fail == NBE_FAIL_NONE ? 0 : nbe_uploader_backoff_ms(s.up, &res);
+		next = nbe_clock_wall_ms() + wait;
+		if (now + wait >= deadline) {
+			/* the next try would come after the deadline */
+			break;
+		}
+		sleep_ms(wait);
+	}
+	if (prog.tty && prog.total > 0)
+		fputc('\n', stderr);
+	save_state(s.buf, st.pending == 0 ? &(struct nbe_upload_result){ 0 } : &res, next);
+	printf("flush: %" PRId64 " sent, %" PRId64 " dead-lettered, %" PRId64 " pending (%.1f s)\n",
+	       sent, dead, st.pending, (double)(nbe_clock_monotonic_ms() - start) / 1000.0);
+	if (st.pending == 0) {
+		r = EX_OK;
+	} else {
+		enum nbe_upload_fail f =
+			last.fail != NBE_FAIL_NONE ? last.fail : NBE_FAIL_RETRYABLE;
+		cli_err(c, "%" PRId64 " events still pending: %s", st.pending,
+			last.fail != NBE_FAIL_NONE ? last.error : "the timeout ran out");
+		r = exit_for(f);
+	}
+out:
+	session_close(&s);
+	return r;
+}
+
+static int retry_arg(struct cli *c, const char *arg, void *userdata)
+{
+	const char ***refs = userdata;
+	size_t n = 0;
+
+	(void)c;
+	while ((*refs)[n])
+		n++;
+	(*refs)[n] = arg;
+	return 0;
+}
+
+static int no_opt(struct cli *c, int opt, const char *arg, void *userdata)
+{
+	(void)c;
+	(void)opt;
+	(void)arg;
+	(void)userdata;
+	return 0;
+}
+
+int cmd_retry_dead(struct cli *c, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		CLI_GLOBAL_OPTIONS,
+		{ NULL, 0, NULL, 0 },
+	};
+	const char **refs = nbe_calloc((size_t)argc + 1, sizeof(*refs));
+	struct nbe_error err = { { 0 } };
+	struct nbe_buffer *buf = NULL;
+	int64_t n = 0;
+	size_t nrefs = 0;
+	int r;
+
+	if (!refs)
+		return EX_OSERR;
+	r = cli_parse(c, argc, argv, opts, no_opt, retry_arg, &refs);
+	if (r)
+		goto out;
+	while (refs[nrefs])
+		nrefs++;
+	r = cli_load_config(c);
+	if (r)
+		goto out;
+	r = cli_open_buffer(c, true, &buf);
+	if (r)
+		goto out;
+	r = nbe_buffer_retry_dead(buf, refs, nrefs, &n, &err);
+	if (r < 0) {
+		cli_err(c, "%s", err.msg);
+		r = r == -ENOENT || r == -EINVAL ? EX_DATAERR : cli_exit_for_errno(r);
+		goto out;
+	}
+	printf("re-queued %" PRId64 " dead event%s\n", n, n == 1 ? "" : "s");
+	r = EX_OK;
+out:
+	nbe_buffer_close(buf);
+	nbe_free(refs);
+	return r;
+}
