@@ -7,8 +7,10 @@
 #include "alloc.h"
 #include "fsutil.h"
 #include "json.h"
+#include "nuvla.h"
 #include "version.h"
 
+#include <curl/curl.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -42,6 +44,9 @@ static const struct command *find_command(const char *name)
 	}
 	return NULL;
 }
+
+static void vprint(const struct cli *c, const char *level, const char *fmt, va_list ap)
+	__attribute__((format(printf, 3, 0)));
 
 static void vprint(const struct cli *c, const char *level, const char *fmt, va_list ap)
 {
@@ -263,7 +268,9 @@ int main(int argc, char **argv)
 			continue;
 		}
 		if (strcmp(a, "--version") == 0) {
-			printf("nuvlabox-event %s\n", NBE_VERSION);
+			printf("nuvlabox-event %s (libcurl %s, %s)\n", NBE_VERSION,
+			       curl_version_info(CURLVERSION_NOW)->version,
+			       nbe_nuvla_tls_library());
 			return EX_OK;
 		}
 		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {

@@ -456,6 +456,7 @@ static int reap(struct nbe_uploader *up, bool *need_login, nbe_upload_progress_f
 			rc = handle(up, s, acks, &nacks, owned, need_login, res, err);
 		nbe_http_response_clear(&s->resp);
 		nbe_free(s->wire);
+		s->wire = NULL;
 		s->used = false;
 		up->in_flight--;
 	}
