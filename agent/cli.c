@@ -34,6 +34,8 @@ static const struct command commands[] = {
 	{ "purge", cmd_purge, "purge [--include-pending]" },
 	{ "flush", cmd_flush, "flush [--timeout SEC]" },
 	{ "retry-dead", cmd_retry_dead, "retry-dead [ID...]" },
+	{ "doctor", cmd_doctor, "doctor" },
+	{ "keygen", cmd_keygen, "keygen --out DIR [--subject CN=...]" },
 };
 
 static const struct command *find_command(const char *name)

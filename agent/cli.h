@@ -86,5 +86,7 @@ int cmd_status(struct cli *c, int argc, char **argv);
 int cmd_purge(struct cli *c, int argc, char **argv);
 int cmd_flush(struct cli *c, int argc, char **argv);
 int cmd_retry_dead(struct cli *c, int argc, char **argv);
+int cmd_doctor(struct cli *c, int argc, char **argv);
+int cmd_keygen(struct cli *c, int argc, char **argv);
 
 #endif
