@@ -7,6 +7,7 @@
 
 #include "alloc.h"
 #include "clock.h"
+#include "crypto.h"
 #include "json.h"
 #include "parse.h"
 #include "version.h"
@@ -401,6 +402,21 @@ out:
 
 /* ---- status ---------------------------------------------------------------- */
 
+/* The client certificate's expiry as a timestamp, "" when none is
+ * configured or readable; *expired when this device's clock is past it. */
+static void cert_expiry(const struct cli *c, char out[NBE_TIMESTAMP_LEN + 1], bool *expired)
+{
+	struct nbe_cert_info ci;
+
+	out[0] = '\0';
+	*expired = false;
+	if (!c->cfg.client_cert || nbe_crypto_cert_info(c->cfg.client_cert, &ci, NULL) < 0)
+		return;
+	if (nbe_wire_timestamp(ci.not_after * 1000, out) < 0)
+		out[0] = '\0';
+	*expired = nbe_clock_wall_ms() / 1000 > ci.not_after;
+}
+
 static int status_opt(struct cli *c, int opt, const char *arg, void *userdata)
 {
 	(void)c;
@@ -432,7 +448,8 @@ int cmd_status(struct cli *c, int argc, char **argv)
 	struct nbe_buffer *buf = NULL;
 	char *last_error = NULL, *upload_state = NULL;
 	int64_t now = nbe_clock_wall_ms(), age = -1, next_in = -1;
-	bool json = false, synced;
+	bool json = false, synced, expired;
+	char expiry[NBE_TIMESTAMP_LEN + 1];
 	cJSON *o = NULL;
 	int r;
 
@@ -462,6 +479,7 @@ int cmd_status(struct cli *c, int argc, char **argv)
 	if (st.pending > 0 && st.next_attempt_ms > 0)
 		next_in = st.next_attempt_ms > now ? (st.next_attempt_ms - now + 999) / 1000 : 0;
 	synced = nbe_clock_synced(c->cfg.timesync_file);
+	cert_expiry(c, expiry, &expired);
 	if (!upload_state)
 		upload_state = nbe_strdup("idle");
 	if (!upload_state) {
@@ -488,7 +506,8 @@ int cmd_status(struct cli *c, int argc, char **argv)
 			      ? cJSON_AddNumberToObject(o, "next_attempt_in_s", (double)next_in)
 			      : cJSON_AddNullToObject(o, "next_attempt_in_s")) ||
 		    !cJSON_AddBoolToObject(o, "clock_synced", synced) ||
-		    !cJSON_AddNullToObject(o, "certificate_expiry") ||
+		    nbe_json_add_str_or_null(o, "certificate_expiry", expiry[0] ? expiry : NULL) < 0 ||
+		    !cJSON_AddBoolToObject(o, "certificate_expired", expired) ||
 		    nbe_json_add_str_or_null(o, "nuvlabox_id", c->cfg.nuvlabox_id) < 0 ||
 		    !cJSON_AddStringToObject(o, "endpoint", c->cfg.endpoint) ||
 		    !cJSON_AddStringToObject(o, "state_dir", c->cfg.state_dir)) {
@@ -519,6 +538,9 @@ int cmd_status(struct cli *c, int argc, char **argv)
 		}
 		printf("last error:   %s\n", last_error ? last_error : "none");
 		printf("clock:        %s\n", synced ? "synchronised" : "not synchronised");
+		if (expiry[0])
+			printf("client cert:  %s %s%s\n", expired ? "EXPIRED on" : "valid until", expiry,
+			       expired ? " (by this device's clock)" : "");
 		printf("nuvlabox:     %s\n",
 		       c->cfg.nuvlabox_id ? c->cfg.nuvlabox_id : "not known yet");
 		printf("endpoint:     %s\n", c->cfg.endpoint);
