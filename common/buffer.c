@@ -72,6 +72,7 @@ enum stmt_id {
 	ST_RETRY_DEAD_ONE,
 	ST_PRUNE_SENT,
 	ST_RECOVER,
+	ST_CLEAR_DOUBT,
 	ST__MAX,
 };
 
@@ -138,7 +139,9 @@ static const char *const stmt_sql[ST__MAX] = {
 	/* keep the newest keep_sent sent events */
 	[ST_PRUNE_SENT] = "DELETE FROM events WHERE state = 1 AND seq <= (SELECT seq FROM events "
 			  "WHERE state = 1 ORDER BY seq DESC LIMIT 1 OFFSET ?1)",
-	[ST_RECOVER] = "UPDATE events SET in_doubt = 1 WHERE state = 0 AND seq <= ?1",
+	[ST_RECOVER] = "UPDATE events SET in_doubt = 1, next_attempt_ms = ?2 WHERE state = 0 AND "
+		       "seq <= ?1",
+	[ST_CLEAR_DOUBT] = "UPDATE events SET in_doubt = 0 WHERE seq = ?1 AND state = 0",
 	[ST_PARENT_STATE] = "SELECT state, server_id, parent, parent_seq, parent_fallback, job "
 			    "FROM events WHERE seq = ?1",
 };
@@ -1405,6 +1408,8 @@ int nbe_buffer_recover_inflight(struct nbe_buffer *b, int64_t *ret_n, struct nbe
 	if (r < 0)
 		return r;
 	sqlite3_bind_int64(b->st[ST_RECOVER], 1, mark);
+	/* when it was in flight is not known: wait a full refresh delay from now */
+	sqlite3_bind_int64(b->st[ST_RECOVER], 2, nbe_clock_wall_ms() + 2000);
 	r = step_done(b, b->st[ST_RECOVER], err, "marking in-flight events in doubt");
 	if (r == 0) {
 		*ret_n = sqlite3_changes64(b->db);
@@ -1486,6 +1491,14 @@ int nbe_buffer_mark_retry(struct nbe_buffer *b, int64_t seq, bool in_doubt, int6
 	sqlite3_bind_int(st, 3, in_doubt);
 	sqlite3_bind_int64(st, 4, next_ms);
 	return update_one(b, st, err, "recording an attempt");
+}
+
+int nbe_buffer_clear_doubt(struct nbe_buffer *b, int64_t seq, struct nbe_error *err)
+{
+	sqlite3_stmt *st = b->st[ST_CLEAR_DOUBT];
+
+	sqlite3_bind_int64(st, 1, seq);
+	return update_one(b, st, err, "clearing a doubt");
 }
 
 int nbe_buffer_retry_dead(struct nbe_buffer *b, const char *const *refs, size_t n, int64_t *ret_n,

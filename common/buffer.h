@@ -189,6 +189,10 @@ int nbe_buffer_mark_dead(struct nbe_buffer *b, int64_t seq, const char *reason,
 int nbe_buffer_mark_retry(struct nbe_buffer *b, int64_t seq, bool in_doubt, int64_t next_ms,
 			  const char *error, struct nbe_error *err);
 
+/* An in-doubt event was looked up and not found on the server: it may be
+ * sent again. */
+int nbe_buffer_clear_doubt(struct nbe_buffer *b, int64_t seq, struct nbe_error *err);
+
 /* Re-queues dead events: those named in @refs (device ids, seqs or server
  * ids), or all when @n is 0. Sets *ret_n. -ENOENT names the first unknown
  * or not-dead reference. */

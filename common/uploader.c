@@ -236,6 +236,7 @@ static int lookup(struct nbe_uploader *up, struct nbe_event *evs, size_t n, bool
 	}
 	for (size_t i = 0; i < n; i++) {
 		char tag[sizeof("device-event/") + NBE_UUID_LEN];
+		bool found = false;
 		snprintf(tag, sizeof(tag), "device-event/%s", evs[i].id);
 		looked[i] = true;
 		cJSON_ArrayForEach(it, list)
@@ -257,9 +258,13 @@ static int lookup(struct nbe_uploader *up, struct nbe_event *evs, size_t n, bool
 				acks[nacks].server_id = ids[nacks];
 				acks[nacks].wire = NULL;
 				nacks++;
+				found = true;
 				break;
 			}
 		}
+		/* not on the server after its refresh delay: it may be sent again */
+		if (!found && (rc = nbe_buffer_clear_doubt(up->o.buf, evs[i].seq, err)) < 0)
+			goto out;
 	}
 	if (nacks) {
 		rc = nbe_buffer_mark_sent(up->o.buf, acks, nacks, err);
