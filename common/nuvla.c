@@ -43,6 +43,10 @@ struct nbe_nuvla {
 	int in_flight;
 	bool has_session;
 	struct transfer *transfers;
+	int wake_fds[4];
+	unsigned nwake;
+	nbe_nuvla_interrupt_fn interrupt;
+	void *interrupt_userdata;
 };
 
 static bool curl_ready;
@@ -431,6 +435,26 @@ err:
 	return nbe_error_set(err, -ENOMEM, "out of memory");
 }
 
+void nbe_nuvla_set_interrupt(struct nbe_nuvla *n, const int *fds, unsigned nfds,
+			     nbe_nuvla_interrupt_fn fn, void *userdata)
+{
+	n->nwake = nfds > 4 ? 4 : nfds;
+	for (unsigned i = 0; i < n->nwake; i++)
+		n->wake_fds[i] = fds[i];
+	n->interrupt = fn;
+	n->interrupt_userdata = userdata;
+}
+
+void nbe_nuvla_abort_all(struct nbe_nuvla *n)
+{
+	while (n->transfers) {
+		struct transfer *t = n->transfers;
+		n->transfers = t->next;
+		transfer_free(t);
+	}
+	n->in_flight = 0;
+}
+
 int nbe_nuvla_in_flight(const struct nbe_nuvla *n)
 {
 	return n->in_flight;
@@ -443,8 +467,17 @@ int nbe_nuvla_perform(struct nbe_nuvla *n, int timeout_ms, struct nbe_error *err
 	int running = 0, left;
 
 	mc = curl_multi_perform(n->multi, &running);
-	if (mc == CURLM_OK && running > 0 && timeout_ms > 0)
-		mc = curl_multi_poll(n->multi, NULL, 0, timeout_ms, NULL);
+	if (mc == CURLM_OK && running > 0 && timeout_ms > 0) {
+		struct curl_waitfd extra[4];
+		for (unsigned i = 0; i < n->nwake; i++) {
+			extra[i].fd = n->wake_fds[i];
+			extra[i].events = CURL_WAIT_POLLIN;
+			extra[i].revents = 0;
+		}
+		mc = curl_multi_poll(n->multi, extra, n->nwake, timeout_ms, NULL);
+	}
+	if (mc == CURLM_OK && n->interrupt && n->interrupt(n->interrupt_userdata))
+		return nbe_error_set(err, -EINTR, "interrupted");
 	if (mc == CURLM_OK)
 		mc = curl_multi_perform(n->multi, &running);
 	if (mc != CURLM_OK)
@@ -495,8 +528,11 @@ int nbe_nuvla_request(struct nbe_nuvla *n, const char *method, const char *path,
 		return r;
 	while (!s.finished) {
 		r = nbe_nuvla_perform(n, 200, err);
-		if (r < 0)
+		if (r < 0) {
+			/* the callback points into this frame: the request must go */
+			nbe_nuvla_abort_all(n);
 			return r;
+		}
 	}
 	return 0;
 }

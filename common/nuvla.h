@@ -71,6 +71,19 @@ typedef void (*nbe_nuvla_done_fn)(void *userdata, struct nbe_http_response *resp
 int nbe_nuvla_start(struct nbe_nuvla *n, const char *method, const char *path, const char *body,
 		    nbe_nuvla_done_fn done, void *userdata, struct nbe_error *err);
 
+/*
+ * Makes the client wake up when one of @fds (at most 4) is readable, and
+ * ask @fn whether to give up: nbe_nuvla_perform() and nbe_nuvla_request()
+ * then return -EINTR. The daemon passes its signal fd, so a stop request is
+ * honoured within a bounded time even in the middle of a slow request.
+ */
+typedef bool (*nbe_nuvla_interrupt_fn)(void *userdata);
+void nbe_nuvla_set_interrupt(struct nbe_nuvla *n, const int *fds, unsigned nfds,
+			     nbe_nuvla_interrupt_fn fn, void *userdata);
+
+/* Abandons every request in flight without calling their callbacks. */
+void nbe_nuvla_abort_all(struct nbe_nuvla *n);
+
 /* Requests in flight. */
 int nbe_nuvla_in_flight(const struct nbe_nuvla *n);
 

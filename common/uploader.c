@@ -524,7 +524,7 @@ static int lookup_head(struct nbe_uploader *up, struct nbe_event *q, size_t qn, 
 	return res->fail == NBE_FAIL_NONE ? (int)n : 0;
 }
 
-int nbe_uploader_round(struct nbe_uploader *up, int64_t deadline_ms, nbe_upload_progress_fn fn,
+static int round_inner(struct nbe_uploader *up, int64_t deadline_ms, nbe_upload_progress_fn fn,
 		       void *userdata, struct nbe_upload_result *res, struct nbe_error *err)
 {
 	struct nbe_event q[QUEUE_MAX];
@@ -652,6 +652,11 @@ int nbe_uploader_round(struct nbe_uploader *up, int64_t deadline_ms, nbe_upload_
 			stop = true;
 	}
 out:
+	if (rc == -EINTR) {
+		for (size_t i = 0; i < qn; i++)
+			nbe_event_clear(&q[i]);
+		return rc; /* the caller abandons what is in flight */
+	}
 	/* a local error: let what is in flight finish and be recorded */
 	while (up->in_flight > 0) {
 		struct nbe_error e2;
@@ -674,6 +679,26 @@ out:
 			up->failures++;
 	}
 	return rc;
+}
+
+int nbe_uploader_round(struct nbe_uploader *up, int64_t deadline_ms, nbe_upload_progress_fn fn,
+		       void *userdata, struct nbe_upload_result *res, struct nbe_error *err)
+{
+	int rc = round_inner(up, deadline_ms, fn, userdata, res, err);
+
+	if (rc != -EINTR)
+		return rc;
+	/* asked to stop: abandon what is in flight; the in-flight mark makes
+	 * those events in doubt at the next start */
+	nbe_nuvla_abort_all(up->o.nuvla);
+	for (int i = 0; i < MAX_SLOTS; i++) {
+		nbe_free(up->slots[i].wire);
+		nbe_http_response_clear(&up->slots[i].resp);
+		memset(&up->slots[i], 0, sizeof(up->slots[i]));
+	}
+	up->in_flight = 0;
+	res->interrupted = true;
+	return 0;
 }
 
 int64_t nbe_uploader_backoff_ms(struct nbe_uploader *up, const struct nbe_upload_result *res)

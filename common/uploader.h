@@ -50,6 +50,7 @@ struct nbe_upload_result {
 	enum nbe_upload_fail fail;
 	int64_t sent, dead, found; /* this round; found = in-doubt events found on the server */
 	int64_t retry_after_ms;	   /* from the server, -1 when none */
+	bool interrupted;	   /* the client's interrupt hook said stop */
 	char error[512];
 };
 
