@@ -8,6 +8,8 @@
 #include "alloc.h"
 #include "clock.h"
 #include "crypto.h"
+#include "fsutil.h"
+#include "upload_setup.h"
 #include "json.h"
 #include "parse.h"
 #include "version.h"
@@ -402,6 +404,21 @@ out:
 
 /* ---- status ---------------------------------------------------------------- */
 
+/* Whether the daemon (or a flush) holds the upload lock. */
+static bool uploader_running(const struct cli *c)
+{
+	char *path = nbe_path_join(c->cfg.state_dir, NBE_UPLOAD_LOCK);
+	int fd = -1, r;
+
+	if (!path)
+		return false;
+	r = nbe_lock_try(path, 0640, &fd);
+	nbe_free(path);
+	if (fd >= 0)
+		close(fd);
+	return r == -EWOULDBLOCK;
+}
+
 /* The client certificate's expiry as a timestamp, "" when none is
  * configured or readable; *expired when this device's clock is past it. */
 static void cert_expiry(const struct cli *c, char out[NBE_TIMESTAMP_LEN + 1], bool *expired)
@@ -448,7 +465,7 @@ int cmd_status(struct cli *c, int argc, char **argv)
 	struct nbe_buffer *buf = NULL;
 	char *last_error = NULL, *upload_state = NULL;
 	int64_t now = nbe_clock_wall_ms(), age = -1, next_in = -1;
-	bool json = false, synced, expired;
+	bool json = false, synced, expired, running;
 	char expiry[NBE_TIMESTAMP_LEN + 1];
 	cJSON *o = NULL;
 	int r;
@@ -462,6 +479,7 @@ int cmd_status(struct cli *c, int argc, char **argv)
 	r = cli_open_buffer(c, true, &buf);
 	if (r)
 		return r;
+	running = uploader_running(c);
 	r = nbe_buffer_stats(buf, &st, &err);
 	if (r == 0)
 		r = nbe_buffer_meta_get(buf, "last_error", &last_error, &err);
@@ -480,6 +498,11 @@ int cmd_status(struct cli *c, int argc, char **argv)
 		next_in = st.next_attempt_ms > now ? (st.next_attempt_ms - now + 999) / 1000 : 0;
 	synced = nbe_clock_synced(c->cfg.timesync_file);
 	cert_expiry(c, expiry, &expired);
+	if (upload_state && !running && strcmp(upload_state, "uploading") == 0) {
+		/* left behind by an uploader that is gone */
+		nbe_free(upload_state);
+		upload_state = NULL;
+	}
 	if (!upload_state)
 		upload_state = nbe_strdup("idle");
 	if (!upload_state) {
@@ -501,12 +524,14 @@ int cmd_status(struct cli *c, int argc, char **argv)
 		    !cJSON_AddNumberToObject(o, "max_buffer_bytes", (double)st.max_bytes) ||
 		    !cJSON_AddNumberToObject(o, "max_events", (double)st.max_events) ||
 		    !cJSON_AddStringToObject(o, "upload_state", upload_state) ||
+		    !cJSON_AddBoolToObject(o, "uploader_running", running) ||
 		    nbe_json_add_str_or_null(o, "last_error", last_error) < 0 ||
 		    !(next_in >= 0
 			      ? cJSON_AddNumberToObject(o, "next_attempt_in_s", (double)next_in)
 			      : cJSON_AddNullToObject(o, "next_attempt_in_s")) ||
 		    !cJSON_AddBoolToObject(o, "clock_synced", synced) ||
-		    nbe_json_add_str_or_null(o, "certificate_expiry", expiry[0] ? expiry : NULL) < 0 ||
+		    nbe_json_add_str_or_null(o, "certificate_expiry", expiry[0] ? expiry : NULL) <
+			    0 ||
 		    !cJSON_AddBoolToObject(o, "certificate_expired", expired) ||
 		    nbe_json_add_str_or_null(o, "nuvlabox_id", c->cfg.nuvlabox_id) < 0 ||
 		    !cJSON_AddStringToObject(o, "endpoint", c->cfg.endpoint) ||
@@ -531,7 +556,8 @@ int cmd_status(struct cli *c, int argc, char **argv)
 		       st.sent, st.dead, st.dropped);
 		printf("buffer:       %s of %s, %" PRId64 " of at most %" PRId64 " events\n", used,
 		       cap, st.pending + st.sent + st.dead, st.max_events);
-		printf("upload:       %s\n", upload_state);
+		printf("upload:       %s (%s)\n", upload_state,
+		       running ? "the daemon or a flush is uploading" : "no uploader running");
 		if (next_in >= 0) {
 			snprintf(line, sizeof(line), "in %" PRId64 " s", next_in);
 			printf("next attempt: %s\n", line);
@@ -539,8 +565,8 @@ int cmd_status(struct cli *c, int argc, char **argv)
 		printf("last error:   %s\n", last_error ? last_error : "none");
 		printf("clock:        %s\n", synced ? "synchronised" : "not synchronised");
 		if (expiry[0])
-			printf("client cert:  %s %s%s\n", expired ? "EXPIRED on" : "valid until", expiry,
-			       expired ? " (by this device's clock)" : "");
+			printf("client cert:  %s %s%s\n", expired ? "EXPIRED on" : "valid until",
+			       expiry, expired ? " (by this device's clock)" : "");
 		printf("nuvlabox:     %s\n",
 		       c->cfg.nuvlabox_id ? c->cfg.nuvlabox_id : "not known yet");
 		printf("endpoint:     %s\n", c->cfg.endpoint);

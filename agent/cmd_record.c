@@ -5,6 +5,7 @@
 
 #include "clock.h"
 #include "event.h"
+#include "notify.h"
 #include "sysinfo.h"
 
 #include <errno.h>
@@ -112,6 +113,8 @@ int cmd_record(struct cli *c, int argc, char **argv)
 		goto out;
 	}
 	printf("%s\n", ev.id);
+	/* best effort: a running daemon uploads it at once */
+	nbe_notify_send(c->cfg.runtime_dir, NBE_NOTIFY_POKE);
 	r = EX_OK;
 out:
 	nbe_buffer_close(buf);

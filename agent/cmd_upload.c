@@ -8,7 +8,8 @@
 #include "fsutil.h"
 #include "parse.h"
 #include "sysinfo.h"
-#include "uploader.h"
+#include "notify.h"
+#include "upload_setup.h"
 #include "version.h"
 
 #include <errno.h>
@@ -18,7 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define UPLOAD_LOCK	"upload.lock"
+#define NBE_UPLOAD_LOCK "upload.lock"
 #define COOKIE_JAR	"session.cookie"
 #define LOOKUP_DELAY_MS 2000
 
@@ -80,17 +81,97 @@ static bool permanent(enum nbe_upload_fail f)
 	       f == NBE_FAIL_CONFIG;
 }
 
-/* Saves what `status` shows when no uploader runs. */
-static void save_state(struct nbe_buffer *buf, const struct nbe_upload_result *res,
-		       int64_t next_attempt_ms)
-{
-	char num[32];
+/* session_open(): the daemon holds the lock; ask it instead. */
+#define FLUSH_VIA_DAEMON (-2)
 
-	nbe_buffer_meta_set(buf, "upload_state", nbe_upload_state_for(res->fail), NULL);
-	if (res->fail != NBE_FAIL_NONE)
-		nbe_buffer_meta_set(buf, "last_error", res->error, NULL);
-	snprintf(num, sizeof(num), "%" PRId64, next_attempt_ms);
-	nbe_buffer_meta_set(buf, "next_attempt_ms", res->fail == NBE_FAIL_NONE ? NULL : num, NULL);
+static int64_t meta_int(struct nbe_buffer *buf, const char *key)
+{
+	char *v = NULL;
+	int64_t n = 0;
+
+	if (nbe_buffer_meta_get(buf, key, &v, NULL) == 0 && v)
+		nbe_parse_int64(v, INT64_MIN, INT64_MAX, &n);
+	nbe_free(v);
+	return n;
+}
+
+static enum nbe_upload_fail meta_fail(struct nbe_buffer *buf, char *error, size_t size)
+{
+	char *v = NULL;
+	enum nbe_upload_fail f;
+
+	nbe_buffer_meta_get(buf, "last_fail", &v, NULL);
+	f = upload_fail_parse(v);
+	nbe_free(v);
+	v = NULL;
+	nbe_buffer_meta_get(buf, "last_error", &v, NULL);
+	snprintf(error, size, "%s", v ? v : "");
+	nbe_free(v);
+	return f;
+}
+
+static void sleep_ms(int64_t ms);
+
+/*
+ * The daemon is the uploader: ask it to upload now (whatever its backoff)
+ * and follow the buffer until nothing is pending, it reports a failure
+ * that will not pass, or the timeout runs out.
+ */
+static int flush_via_daemon(struct cli *c, struct nbe_buffer *buf, int64_t deadline)
+{
+	struct progress prog = { .tty = isatty(STDERR_FILENO) == 1 };
+	struct nbe_buffer_stats st;
+	struct nbe_error err = { { 0 } };
+	int64_t start = nbe_clock_monotonic_ms(), rounds0, total;
+	enum nbe_upload_fail f = NBE_FAIL_NONE;
+	char error[512] = "";
+	int r;
+
+	rounds0 = meta_int(buf, "rounds");
+	r = nbe_notify_send(c->cfg.runtime_dir, NBE_NOTIFY_FLUSH);
+	if (r < 0) {
+		cli_err(c,
+			"another uploader holds %s/%s and no daemon answers on %s/%s (%s); try "
+			"again later",
+			c->cfg.state_dir, NBE_UPLOAD_LOCK, c->cfg.runtime_dir, NBE_NOTIFY_SOCKET,
+			strerror(-r));
+		return EX_TEMPFAIL;
+	}
+	if (nbe_buffer_stats(buf, &st, &err) < 0) {
+		cli_err(c, "%s", err.msg);
+		return EX_IOERR;
+	}
+	total = prog.total = st.pending;
+	for (;;) {
+		r = nbe_buffer_stats(buf, &st, &err);
+		if (r < 0) {
+			cli_err(c, "%s", err.msg);
+			return cli_exit_for_errno(r);
+		}
+		show_progress(&prog, total - st.pending, 0);
+		if (st.pending == 0)
+			break;
+		if (meta_int(buf, "rounds") != rounds0) {
+			f = meta_fail(buf, error, sizeof(error));
+			if (permanent(f))
+				break;
+		}
+		if (nbe_clock_monotonic_ms() >= deadline)
+			break;
+		sleep_ms(100);
+	}
+	if (prog.tty && total > 0)
+		fputc('\n', stderr);
+	printf("flush (by the daemon): %" PRId64 " sent, %" PRId64 " pending (%.1f s)\n",
+	       total > st.pending ? total - st.pending : 0, st.pending,
+	       (double)(nbe_clock_monotonic_ms() - start) / 1000.0);
+	if (st.pending == 0)
+		return EX_OK;
+	if (f == NBE_FAIL_NONE)
+		f = meta_fail(buf, error, sizeof(error));
+	cli_err(c, "%" PRId64 " events still pending: %s", st.pending,
+		error[0] ? error : "the timeout ran out");
+	return exit_for(f != NBE_FAIL_NONE ? f : NBE_FAIL_RETRYABLE);
 }
 
 static void sleep_ms(int64_t ms)
@@ -126,8 +207,6 @@ static void session_close(struct session *s)
 static int session_open(struct cli *c, struct session *s)
 {
 	struct nbe_error err = { { 0 } };
-	struct nbe_nuvla_opts no = { 0 };
-	struct nbe_uploader_opts uo = { 0 };
 	char boot_id[NBE_UUID_LEN + 1], *path;
 	int r;
 
@@ -150,52 +229,18 @@ static int session_open(struct cli *c, struct session *s)
 	r = cli_open_buffer(c, true, &s->buf);
 	if (r)
 		return r;
-	path = nbe_path_join(c->cfg.state_dir, UPLOAD_LOCK);
+	path = nbe_path_join(c->cfg.state_dir, NBE_UPLOAD_LOCK);
 	if (!path)
 		return EX_OSERR;
 	r = nbe_lock_try(path, 0640, &s->lock_fd);
 	nbe_free(path);
-	if (r == -EWOULDBLOCK) {
-		cli_err(c, "another uploader (the daemon?) holds %s/%s; try again later",
-			c->cfg.state_dir, UPLOAD_LOCK);
-		return EX_TEMPFAIL;
-	}
+	if (r == -EWOULDBLOCK)
+		return FLUSH_VIA_DAEMON;
 	if (r < 0) {
-		cli_err(c, "%s/%s: %s", c->cfg.state_dir, UPLOAD_LOCK, strerror(-r));
+		cli_err(c, "%s/%s: %s", c->cfg.state_dir, NBE_UPLOAD_LOCK, strerror(-r));
 		return EX_IOERR;
 	}
-	path = nbe_path_join(c->cfg.state_dir, COOKIE_JAR);
-	if (!path)
-		return EX_OSERR;
-	no.endpoint = c->cfg.endpoint;
-	no.insecure = c->cfg.insecure;
-	no.ca_file = c->cfg.ca_file;
-	no.client_cert = c->cfg.client_cert;
-	no.client_key = c->cfg.client_key;
-	no.cookie_file = path;
-	no.connect_timeout_ms = c->cfg.connect_timeout_ms;
-	no.request_timeout_ms = c->cfg.request_timeout_ms;
-	no.max_in_flight = (long)c->cfg.max_in_flight;
-	no.user_agent = "nuvlabox-event/" NBE_VERSION;
-	r = nbe_nuvla_new(&no, &s->nuvla, &err);
-	nbe_free(path);
-	if (r < 0) {
-		cli_err(c, "%s", err.msg);
-		return EX_OSERR;
-	}
-	uo.buf = s->buf;
-	uo.nuvla = s->nuvla;
-	uo.nuvlabox_id = c->cfg.nuvlabox_id;
-	uo.api_key = c->cfg.api_key;
-	uo.api_secret = s->secret;
-	uo.agent_version = NBE_VERSION;
-	uo.boot_id = boot_id;
-	uo.timesync_file = c->cfg.timesync_file;
-	uo.retry_base_ms = c->cfg.retry_base_ms;
-	uo.retry_cap_ms = c->cfg.retry_cap_ms;
-	uo.lookup_delay_ms = LOOKUP_DELAY_MS;
-	uo.max_in_flight = (int)c->cfg.max_in_flight;
-	r = nbe_uploader_new(&uo, &s->up, &err);
+	r = upload_setup(&c->cfg, s->buf, s->secret, boot_id, &s->nuvla, &s->up, &err);
 	if (r < 0) {
 		cli_err(c, "%s", err.msg);
 		return EX_OSERR;
@@ -225,10 +270,14 @@ int cmd_flush(struct cli *c, int argc, char **argv)
 	r = cli_load_config(c);
 	if (r)
 		return r;
+	deadline = start + a.timeout_ms;
 	r = session_open(c, &s);
+	if (r == FLUSH_VIA_DAEMON) {
+		r = flush_via_daemon(c, s.buf, deadline);
+		goto out;
+	}
 	if (r)
 		goto out;
-	deadline = start + a.timeout_ms;
 	if (nbe_buffer_stats(s.buf, &st, &err) == 0)
 		prog.total = st.pending;
 
@@ -267,7 +316,11 @@ int cmd_flush(struct cli *c, int argc, char **argv)
 	}
 	if (prog.tty && prog.total > 0)
 		fputc('\n', stderr);
-	save_state(s.buf, st.pending == 0 ? &(struct nbe_upload_result){ 0 } : &res, next);
+	if (st.pending == 0)
+		upload_save_state(s.buf, "idle", NBE_FAIL_NONE, NULL, 0);
+	else
+		upload_save_state(s.buf, nbe_upload_state_for(last.fail), last.fail, last.error,
+				  next);
 	printf("flush: %" PRId64 " sent, %" PRId64 " dead-lettered, %" PRId64 " pending (%.1f s)\n",
 	       sent, dead, st.pending, (double)(nbe_clock_monotonic_ms() - start) / 1000.0);
 	if (st.pending == 0) {

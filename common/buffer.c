@@ -978,6 +978,8 @@ static int report_drops(struct nbe_buffer *b, const struct drop_count *dc, struc
 static int quarantine(struct nbe_buffer *b, const char *reason, struct nbe_buffer_open_info *info,
 		      struct nbe_error *err);
 
+static int set_sync(struct nbe_buffer *b, bool full, struct nbe_error *err);
+
 static int begin(struct nbe_buffer *b, struct nbe_error *err)
 {
 	return step_done(b, b->st[ST_BEGIN], err, "starting a transaction");
@@ -1256,6 +1258,17 @@ int nbe_buffer_meta_set(struct nbe_buffer *b, const char *key, const char *value
 	if (value)
 		sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
 	return step_done(b, st, err, "writing meta");
+}
+
+int nbe_buffer_meta_set_lazy(struct nbe_buffer *b, const char *key, const char *value,
+			     struct nbe_error *err)
+{
+	int r = set_sync(b, false, err);
+
+	if (r == 0)
+		r = nbe_buffer_meta_set(b, key, value, err);
+	set_sync(b, true, NULL);
+	return r;
 }
 
 int nbe_buffer_resolve_parent(struct nbe_buffer *b, const struct nbe_event *ev, char **ret_href,

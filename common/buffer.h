@@ -126,6 +126,10 @@ int nbe_buffer_checkpoint(struct nbe_buffer *b, struct nbe_error *err);
 int nbe_buffer_meta_get(struct nbe_buffer *b, const char *key, char **ret, struct nbe_error *err);
 int nbe_buffer_meta_set(struct nbe_buffer *b, const char *key, const char *value,
 			struct nbe_error *err);
+/* The same without an fsync: for state that may be lost on power failure
+ * (what `status` shows about the uploader). */
+int nbe_buffer_meta_set_lazy(struct nbe_buffer *b, const char *key, const char *value,
+			     struct nbe_error *err);
 
 /*
  * The parent href an event is uploaded with, resolved now: a local parent's

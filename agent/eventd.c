@@ -1,0 +1,714 @@
+/*
+ * nuvlabox-eventd: uploads buffered events the moment connectivity allows
+ * and sleeps otherwise (DESIGN §1). One thread, one poll loop: the notify
+ * socket (producers poke it), a signalfd (TERM/INT stop, HUP reloads), a
+ * timerfd for the backoff, netlink (the network came back: cut the backoff
+ * short), and the systemd watchdog. With nothing to do it blocks in poll().
+ */
+#include "config.h"
+#include "buffer.h"
+#include "clock.h"
+#include "fsutil.h"
+#include "json.h"
+#include "log.h"
+#include "netwatch.h"
+#include "notify.h"
+#include "random.h"
+#include "sdnotify.h"
+#include "sysinfo.h"
+#include "upload_setup.h"
+#include "alloc.h"
+#include "version.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/timerfd.h>
+#include <sys/un.h>
+#include <sysexits.h>
+#include <unistd.h>
+
+/* A round uploads for at most this long before the loop looks at its fds. */
+#define ROUND_SLICE_MS 5000
+/* After the network comes back, retry within this (spread devices out). */
+#define NET_UP_JITTER_MS 3000
+/* How often to retry the upload lock while another uploader holds it. */
+#define LOCK_RETRY_MS 1000
+/* Auth failures back off up to an hour (DESIGN §5). */
+#define AUTH_BACKOFF_CAP_MS (3600 * 1000)
+
+enum { FD_SIGNAL, FD_TIMER, FD_NOTIFY, FD_NET, FD_WATCHDOG, FD_COUNT };
+
+struct daemon {
+	const char *config_path;
+	bool config_explicit;
+	struct nbe_config cfg;
+	char boot_id[NBE_UUID_LEN + 1];
+	char *secret;
+	struct nbe_buffer *buf;
+	struct nbe_nuvla *nuvla;
+	struct nbe_uploader *up;
+	int lock_fd;
+	struct pollfd fds[FD_COUNT];
+	char *notify_path;
+	const char *sd_socket;
+	uint64_t watchdog_usec;
+
+	bool stop;
+	bool work;	      /* pending events may be waiting */
+	int64_t next_attempt; /* monotonic ms; 0 = now */
+	enum nbe_upload_fail fail;
+	char last_error[512];
+	int64_t sent_total;
+	int64_t rounds;
+};
+
+static const char *env_get(const char *name)
+{
+	return getenv(name);
+}
+
+static void sd(struct daemon *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void sd(struct daemon *d, const char *fmt, ...)
+{
+	char msg[600];
+	va_list ap;
+
+	if (!d->sd_socket)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	nbe_sd_notify(d->sd_socket, msg);
+}
+
+static int load_config(struct daemon *d, struct nbe_config *cfg, struct nbe_error *err)
+{
+	int r;
+
+	r = nbe_config_defaults(cfg, env_get);
+	if (r < 0)
+		return nbe_error_set(err, r, "out of memory");
+	r = nbe_config_load_file(cfg, d->config_path, d->config_explicit, err);
+	if (r == 0)
+		r = nbe_config_apply_env(cfg, env_get, err);
+	if (r == 0)
+		r = nbe_config_validate(cfg, err);
+	if (r < 0)
+		nbe_config_free(cfg);
+	return r;
+}
+
+static void arm_timer(struct daemon *d, int64_t delay_ms)
+{
+	struct itimerspec its = { 0 };
+
+	if (delay_ms < 1)
+		delay_ms = 1;
+	its.it_value.tv_sec = (time_t)(delay_ms / 1000);
+	its.it_value.tv_nsec = (long)(delay_ms % 1000) * 1000000L;
+	timerfd_settime(d->fds[FD_TIMER].fd, 0, &its, NULL);
+}
+
+static void disarm_timer(struct daemon *d)
+{
+	struct itimerspec its = { 0 };
+
+	timerfd_settime(d->fds[FD_TIMER].fd, 0, &its, NULL);
+}
+
+/* (Re)makes the client and uploader from the current configuration. */
+static int setup_uploader(struct daemon *d)
+{
+	struct nbe_error err = { { 0 } };
+	int r;
+
+	nbe_uploader_free(d->up);
+	nbe_nuvla_free(d->nuvla);
+	d->up = NULL;
+	d->nuvla = NULL;
+	if (d->secret) {
+		explicit_bzero(d->secret, strlen(d->secret));
+		nbe_free(d->secret);
+		d->secret = NULL;
+	}
+	r = nbe_config_check_key(&d->cfg, &err);
+	if (r == 0)
+		r = nbe_config_read_secret(&d->cfg, &d->secret, &err);
+	if (r < 0) {
+		log_error("%s", err.msg);
+		return r;
+	}
+	r = upload_setup(&d->cfg, d->buf, d->secret, d->boot_id, &d->nuvla, &d->up, &err);
+	if (r < 0) {
+		log_error("%s", err.msg);
+		return r;
+	}
+	return 0;
+}
+
+static bool interrupt_check(void *userdata);
+
+static void install_interrupt(struct daemon *d)
+{
+	const int wake[] = { d->fds[FD_SIGNAL].fd, d->fds[FD_WATCHDOG].fd };
+
+	nbe_nuvla_set_interrupt(d->nuvla, wake, d->fds[FD_WATCHDOG].fd >= 0 ? 2 : 1,
+				interrupt_check, d);
+}
+
+/* Feeds the watchdog if its timer expired. */
+static void watchdog_tick(struct daemon *d)
+{
+	uint64_t n;
+
+	if (d->fds[FD_WATCHDOG].fd < 0)
+		return;
+	if (read(d->fds[FD_WATCHDOG].fd, &n, sizeof(n)) == (ssize_t)sizeof(n))
+		sd(d, "WATCHDOG=1");
+}
+
+/* Called by the client while requests are in flight: keep the watchdog fed
+ * and stop at once when a signal arrived. */
+static bool interrupt_check(void *userdata)
+{
+	struct daemon *d = userdata;
+	struct pollfd p = { .fd = d->fds[FD_SIGNAL].fd, .events = POLLIN };
+
+	watchdog_tick(d);
+	return poll(&p, 1, 0) == 1;
+}
+
+static void save_state(struct daemon *d, const char *state, int64_t next_wall_ms)
+{
+	upload_save_state(d->buf, state, d->fail, d->last_error, next_wall_ms);
+}
+
+/* Counts finished rounds, so `flush` knows its request was acted on. */
+static void count_round(struct daemon *d)
+{
+	char num[32];
+
+	d->rounds++;
+	snprintf(num, sizeof(num), "%" PRId64, d->rounds);
+	nbe_buffer_meta_set_lazy(d->buf, "rounds", num, NULL);
+}
+
+/* One round of uploading, and what follows from its outcome. */
+static void do_round(struct daemon *d)
+{
+	struct nbe_upload_result res;
+	struct nbe_buffer_stats st;
+	struct nbe_error err = { { 0 } };
+	int64_t now = nbe_clock_monotonic_ms(), wait;
+	int r;
+
+	if (!d->up) {
+		d->work = false;
+		return;
+	}
+	sd(d, "STATUS=uploading");
+	save_state(d, "uploading", 0);
+	r = nbe_uploader_round(d->up, now + ROUND_SLICE_MS, NULL, NULL, &res, &err);
+	if (r < 0) {
+		/* the buffer itself failed (disk full, I/O): keep running, retry */
+		log_error("uploading: %s", err.msg);
+		count_round(d);
+		d->next_attempt = nbe_clock_monotonic_ms() + d->cfg.retry_cap_ms;
+		arm_timer(d, d->cfg.retry_cap_ms);
+		return;
+	}
+	if (res.interrupted)
+		return; /* a signal: the loop handles it */
+	count_round(d);
+	d->sent_total += res.sent + res.found;
+	if (res.sent + res.found + res.dead > 0)
+		log_debug("sent %" PRId64 ", found %" PRId64 ", dead-lettered %" PRId64, res.sent,
+			  res.found, res.dead);
+	if (res.dead > 0)
+		log_warning("%" PRId64
+			    " event%s dead-lettered (see: nuvlabox-event list --state dead)",
+			    res.dead, res.dead == 1 ? "" : "s");
+
+	if (res.fail == NBE_FAIL_NONE) {
+		if (d->fail != NBE_FAIL_NONE)
+			log_notice("uploading again after: %s", d->last_error);
+		d->fail = NBE_FAIL_NONE;
+		if (nbe_buffer_stats(d->buf, &st, &err) == 0 && st.pending > 0) {
+			d->work = true; /* more arrived, or the slice ran out */
+			d->next_attempt = 0;
+			return;
+		}
+		d->work = false;
+		d->next_attempt = 0;
+		disarm_timer(d);
+		nbe_buffer_checkpoint(d->buf, NULL); /* the WAL cannot grow without bound */
+		save_state(d, "idle", 0);
+		sd(d, "STATUS=idle, %" PRId64 " events sent since start", d->sent_total);
+		return;
+	}
+
+	/* one log line per failure episode, not per retry */
+	if (res.fail != d->fail || strcmp(res.error, d->last_error) != 0)
+		log_warning("%s: %s (events stay buffered)", nbe_upload_state_for(res.fail),
+			    res.error);
+	else
+		log_debug("still %s: %s", nbe_upload_state_for(res.fail), res.error);
+	d->fail = res.fail;
+	snprintf(d->last_error, sizeof(d->last_error), "%s", res.error);
+	wait = nbe_uploader_backoff_ms(d->up, &res);
+	if (res.fail == NBE_FAIL_AUTH || res.fail == NBE_FAIL_GATEWAY ||
+	    res.fail == NBE_FAIL_ENDPOINT || res.fail == NBE_FAIL_CONFIG) {
+		/* nothing will change soon on its own: back off longer, up to an hour */
+		int64_t floor = d->cfg.retry_cap_ms;
+		if (wait < floor)
+			wait = floor;
+		if (wait > AUTH_BACKOFF_CAP_MS)
+			wait = AUTH_BACKOFF_CAP_MS;
+	}
+	d->work = true;
+	d->next_attempt = nbe_clock_monotonic_ms() + wait;
+	arm_timer(d, wait);
+	save_state(d, nbe_upload_state_for(res.fail), nbe_clock_wall_ms() + wait);
+	sd(d, "STATUS=%s, next attempt in %" PRId64 " s: %s", nbe_upload_state_for(res.fail),
+	   (wait + 999) / 1000, res.error);
+}
+
+/* Reads the notify socket: who may poke us, and what they want. */
+static void read_notify(struct daemon *d)
+{
+	for (;;) {
+		char data[64], cbuf[CMSG_SPACE(sizeof(struct ucred))];
+		struct iovec iov = { data, sizeof(data) - 1 };
+		struct msghdr mh = { .msg_iov = &iov,
+				     .msg_iovlen = 1,
+				     .msg_control = cbuf,
+				     .msg_controllen = sizeof(cbuf) };
+		struct cmsghdr *cm;
+		struct ucred *cred = NULL;
+		ssize_t n = recvmsg(d->fds[FD_NOTIFY].fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+
+		if (n < 0)
+			return; /* EAGAIN: drained */
+		data[n] = '\0';
+		for (cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+			if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_CREDENTIALS)
+				cred = (struct ucred *)CMSG_DATA(cm);
+		}
+		/* only root, our own user, or members of our group may poke us */
+		if (!cred || (cred->uid != 0 && cred->uid != geteuid() && cred->gid != getegid())) {
+			log_debug("ignoring a message from uid %ld", cred ? (long)cred->uid : -1L);
+			continue;
+		}
+		if (strcmp(data, NBE_NOTIFY_FLUSH) == 0) {
+			log_info("flush requested by pid %ld", (long)cred->pid);
+			d->work = true;
+			d->next_attempt = 0; /* now, whatever the backoff */
+		} else if (strcmp(data, NBE_NOTIFY_POKE) == 0) {
+			d->work = true; /* a backoff in progress stays in force */
+		}
+	}
+}
+
+static void read_net(struct daemon *d)
+{
+	int r = nbe_netwatch_read(d->fds[FD_NET].fd);
+	int64_t now = nbe_clock_monotonic_ms(), soon;
+
+	if (r <= 0 || !d->work || d->next_attempt <= now)
+		return;
+	if (d->fail != NBE_FAIL_CONNECT && d->fail != NBE_FAIL_RETRYABLE)
+		return;
+	/* the network may be back: retry soon, not at the end of a long backoff */
+	soon = now + (int64_t)nbe_random_below(NET_UP_JITTER_MS);
+	if (soon < d->next_attempt) {
+		log_info("the network changed: retrying in %" PRId64 " ms", soon - now);
+		d->next_attempt = soon;
+		arm_timer(d, soon - now);
+	}
+}
+
+/* Names the keys whose values differ, for the reload log line. */
+static void describe_changes(const struct nbe_config *a, const struct nbe_config *b, char *out,
+			     size_t size)
+{
+#define STR_DIFF(f) ((a->f == NULL) != (b->f == NULL) || (a->f && strcmp(a->f, b->f) != 0))
+	struct {
+		const char *name;
+		bool changed;
+	} keys[] = {
+		{ "endpoint", STR_DIFF(endpoint) },
+		{ "nuvlabox_id", STR_DIFF(nuvlabox_id) },
+		{ "insecure", a->insecure != b->insecure },
+		{ "ca_file", STR_DIFF(ca_file) },
+		{ "client_cert", STR_DIFF(client_cert) },
+		{ "client_key", STR_DIFF(client_key) },
+		{ "api_key", STR_DIFF(api_key) },
+		{ "api_secret_file", STR_DIFF(api_secret_file) },
+		{ "state_dir", STR_DIFF(state_dir) },
+		{ "max_buffer_bytes", a->max_buffer_bytes != b->max_buffer_bytes },
+		{ "max_events", a->max_events != b->max_events },
+		{ "keep_sent", a->keep_sent != b->keep_sent },
+		{ "retry_base", a->retry_base_ms != b->retry_base_ms },
+		{ "retry_cap", a->retry_cap_ms != b->retry_cap_ms },
+		{ "request_timeout", a->request_timeout_ms != b->request_timeout_ms },
+		{ "connect_timeout", a->connect_timeout_ms != b->connect_timeout_ms },
+		{ "max_in_flight", a->max_in_flight != b->max_in_flight },
+		{ "log_level", a->log_level != b->log_level },
+		{ "runtime_dir", STR_DIFF(runtime_dir) },
+	};
+#undef STR_DIFF
+	size_t off = 0;
+
+	out[0] = '\0';
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		if (keys[i].changed && off < size)
+			off += (size_t)snprintf(out + off, size - off, "%s%s", off ? ", " : "",
+						keys[i].name);
+	}
+}
+
+static void reload(struct daemon *d)
+{
+	struct nbe_config fresh;
+	struct nbe_error err = { { 0 } };
+	char changed[512];
+
+	sd(d, "RELOADING=1");
+	if (load_config(d, &fresh, &err) < 0) {
+		log_error("reload refused, the running configuration stays: %s", err.msg);
+		sd(d, "READY=1");
+		return;
+	}
+	describe_changes(&d->cfg, &fresh, changed, sizeof(changed));
+	if (strcmp(fresh.state_dir, d->cfg.state_dir) != 0 ||
+	    strcmp(fresh.runtime_dir, d->cfg.runtime_dir) != 0) {
+		log_warning("reload: state_dir and runtime_dir take effect at the next start; "
+			    "keeping %s and %s",
+			    d->cfg.state_dir, d->cfg.runtime_dir);
+		nbe_free(fresh.state_dir);
+		fresh.state_dir = nbe_strdup(d->cfg.state_dir);
+		nbe_free(fresh.runtime_dir);
+		fresh.runtime_dir = nbe_strdup(d->cfg.runtime_dir);
+	}
+	nbe_config_free(&d->cfg);
+	d->cfg = fresh;
+	log_set_level(d->cfg.log_level);
+	log_notice("reloaded %s: %s", d->config_path, changed[0] ? changed : "nothing changed");
+	if (d->cfg.insecure)
+		log_warning("insecure = true: the server's certificate is NOT verified");
+	if (setup_uploader(d) == 0)
+		install_interrupt(d);
+	/* a new configuration deserves a try now */
+	d->work = true;
+	d->next_attempt = 0;
+	d->fail = NBE_FAIL_NONE;
+	sd(d, "READY=1");
+}
+
+static void read_signals(struct daemon *d)
+{
+	struct signalfd_siginfo si;
+
+	while (read(d->fds[FD_SIGNAL].fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+		if (si.ssi_signo == SIGHUP) {
+			reload(d);
+		} else {
+			log_info("stopping on signal %u", si.ssi_signo);
+			d->stop = true;
+		}
+	}
+}
+
+static int open_notify_socket(struct daemon *d)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd, one = 1, r, n;
+
+	r = nbe_mkdir_exist_ok(d->cfg.runtime_dir, 0750);
+	if (r < 0) {
+		log_error("runtime directory %s: %s", d->cfg.runtime_dir, strerror(-r));
+		return r;
+	}
+	n = snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/%s", d->cfg.runtime_dir,
+		     NBE_NOTIFY_SOCKET);
+	if (n < 0 || (size_t)n >= sizeof(sa.sun_path)) {
+		log_error("runtime directory %s: path too long for a socket", d->cfg.runtime_dir);
+		return -ENAMETOOLONG;
+	}
+	d->notify_path = nbe_strdup(sa.sun_path);
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	unlink(sa.sun_path); /* a stale one from a previous run; we hold the lock */
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof(one)) != 0) {
+		r = -errno;
+		log_error("%s: %s", sa.sun_path, strerror(-r));
+		close(fd);
+		return r;
+	}
+	/* producers of the group may poke; SCM_CREDENTIALS says who did */
+	chmod(sa.sun_path, 0660);
+	d->fds[FD_NOTIFY].fd = fd;
+	return 0;
+}
+
+static int take_lock(struct daemon *d)
+{
+	char *path = nbe_path_join(d->cfg.state_dir, NBE_UPLOAD_LOCK);
+	bool said = false;
+	int r;
+
+	if (!path)
+		return -ENOMEM;
+	for (;;) {
+		r = nbe_lock_try(path, 0640, &d->lock_fd);
+		if (r != -EWOULDBLOCK)
+			break;
+		if (!said)
+			log_notice("%s is held by another uploader (a flush?); waiting", path);
+		said = true;
+		usleep(LOCK_RETRY_MS * 1000);
+		if (d->stop)
+			break;
+	}
+	if (r < 0)
+		log_error("%s: %s", path, strerror(-r));
+	nbe_free(path);
+	return r;
+}
+
+static int setup(struct daemon *d)
+{
+	struct nbe_buffer_open_info info = { 0 };
+	struct nbe_buffer_opts bo = { 0 };
+	struct nbe_error err = { { 0 } };
+	sigset_t mask;
+	char *path;
+	int r;
+
+	for (int i = 0; i < FD_COUNT; i++) {
+		d->fds[i].fd = -1;
+		d->fds[i].events = POLLIN;
+	}
+	d->lock_fd = -1;
+	r = nbe_boot_id_read(d->cfg.boot_id_file, d->boot_id, sizeof(d->boot_id));
+	if (r < 0) {
+		log_error("%s: cannot read the boot id: %s", d->cfg.boot_id_file, strerror(-r));
+		return EX_OSFILE;
+	}
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGHUP);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	d->fds[FD_SIGNAL].fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+	d->fds[FD_TIMER].fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	if (d->fds[FD_SIGNAL].fd < 0 || d->fds[FD_TIMER].fd < 0) {
+		log_error("signalfd/timerfd: %s", strerror(errno));
+		return EX_OSERR;
+	}
+	r = nbe_netwatch_open();
+	if (r < 0)
+		log_warning("netlink: %s; network changes will not cut backoffs short",
+			    strerror(-r));
+	else
+		d->fds[FD_NET].fd = r;
+	d->sd_socket = getenv("NOTIFY_SOCKET");
+	d->watchdog_usec = nbe_sd_watchdog_usec(getenv("WATCHDOG_USEC"), getenv("WATCHDOG_PID"),
+						(long)getpid());
+	if (d->watchdog_usec > 0) {
+		struct itimerspec its = { 0 };
+		uint64_t half = d->watchdog_usec / 2;
+		d->fds[FD_WATCHDOG].fd =
+			timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+		its.it_value.tv_sec = its.it_interval.tv_sec = (time_t)(half / 1000000);
+		its.it_value.tv_nsec = its.it_interval.tv_nsec = (long)(half % 1000000) * 1000;
+		if (d->fds[FD_WATCHDOG].fd >= 0)
+			timerfd_settime(d->fds[FD_WATCHDOG].fd, 0, &its, NULL);
+	}
+
+	r = nbe_mkdir_exist_ok(d->cfg.state_dir, 0750);
+	if (r < 0) {
+		log_error("state directory %s: %s", d->cfg.state_dir, strerror(-r));
+		return EX_IOERR;
+	}
+	r = take_lock(d);
+	if (r < 0)
+		return EX_IOERR;
+	path = nbe_path_join(d->cfg.state_dir, NBE_BUFFER_FILE);
+	if (!path)
+		return EX_OSERR;
+	bo.path = path;
+	bo.max_bytes = d->cfg.max_buffer_bytes;
+	bo.max_events = d->cfg.max_events;
+	bo.keep_sent = d->cfg.keep_sent;
+	bo.busy_timeout_ms = d->cfg.busy_timeout_ms;
+	bo.full_check = true;
+	bo.boot_id_file = d->cfg.boot_id_file;
+	bo.timesync_file = d->cfg.timesync_file;
+	r = nbe_buffer_open(&bo, &d->buf, &info, &err);
+	nbe_free(path);
+	if (r < 0) {
+		log_error("%s", err.msg);
+		return EX_IOERR;
+	}
+	if (info.reset)
+		log_warning("the buffer was corrupt (%s): moved to %s, %" PRId64 " events salvaged",
+			    info.reason, info.quarantined, info.salvaged);
+	r = open_notify_socket(d);
+	if (r < 0)
+		return EX_IOERR;
+	if (setup_uploader(d) == 0)
+		install_interrupt(d);
+	return 0;
+}
+
+static void teardown(struct daemon *d)
+{
+	nbe_uploader_free(d->up);
+	nbe_nuvla_free(d->nuvla);
+	if (d->buf)
+		nbe_buffer_close(d->buf);
+	if (d->notify_path) {
+		unlink(d->notify_path);
+		nbe_free(d->notify_path);
+	}
+	for (int i = 0; i < FD_COUNT; i++) {
+		if (d->fds[i].fd >= 0)
+			close(d->fds[i].fd);
+	}
+	if (d->secret) {
+		explicit_bzero(d->secret, strlen(d->secret));
+		nbe_free(d->secret);
+	}
+	if (d->lock_fd >= 0)
+		close(d->lock_fd);
+	nbe_config_free(&d->cfg);
+}
+
+static void loop(struct daemon *d)
+{
+	while (!d->stop) {
+		int64_t now = nbe_clock_monotonic_ms();
+		int n;
+
+		if (d->work && d->next_attempt <= now) {
+			do_round(d);
+			/* look at the fds without waiting before the next slice */
+			n = poll(d->fds, FD_COUNT, 0);
+		} else {
+			/* nothing to do until an fd fires: no timeout, no wakeups */
+			n = poll(d->fds, FD_COUNT, -1);
+		}
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			log_error("poll: %s", strerror(errno));
+			break;
+		}
+		if (d->fds[FD_SIGNAL].revents & POLLIN)
+			read_signals(d);
+		if (d->fds[FD_TIMER].revents & POLLIN) {
+			uint64_t x;
+			if (read(d->fds[FD_TIMER].fd, &x, sizeof(x)) < 0 && errno != EAGAIN)
+				log_debug("timerfd: %s", strerror(errno));
+		}
+		if (d->fds[FD_NOTIFY].revents & POLLIN)
+			read_notify(d);
+		if (d->fds[FD_NET].fd >= 0 && (d->fds[FD_NET].revents & POLLIN))
+			read_net(d);
+		if (d->fds[FD_WATCHDOG].fd >= 0 && (d->fds[FD_WATCHDOG].revents & POLLIN))
+			watchdog_tick(d);
+	}
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: nuvlabox-eventd [--config FILE] [--foreground] [--version]\n"
+		   "Uploads buffered NuvlaBox events to Nuvla. See nuvlabox-eventd(8).\n");
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "foreground", no_argument, NULL, 'f' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct daemon d = { .config_path = NBE_CONFIG_FILE };
+	struct nbe_error err = { { 0 } };
+	int opt, r;
+
+	nbe_json_install_hooks();
+	log_init("nuvlabox-eventd", NBE_LOG_INFO);
+	while ((opt = getopt_long(argc, argv, "c:fVh", opts, NULL)) != -1) {
+		switch (opt) {
+		case 'c':
+			d.config_path = optarg;
+			d.config_explicit = true;
+			break;
+		case 'f':
+			break; /* it always runs in the foreground: systemd supervises it */
+		case 'V':
+			printf("nuvlabox-eventd %s (libcurl %s)\n", NBE_VERSION,
+			       nbe_nuvla_tls_library());
+			return EX_OK;
+		case 'h':
+			usage(stdout);
+			return EX_OK;
+		default:
+			usage(stderr);
+			return EX_USAGE;
+		}
+	}
+	if (optind < argc) {
+		usage(stderr);
+		return EX_USAGE;
+	}
+	if (load_config(&d, &d.cfg, &err) < 0) {
+		log_error("%s", err.msg);
+		return EX_CONFIG;
+	}
+	log_set_level(d.cfg.log_level);
+	log_info("nuvlabox-eventd %s starting; TLS by %s; endpoint %s; state in %s", NBE_VERSION,
+		 nbe_nuvla_tls_library(), d.cfg.endpoint, d.cfg.state_dir);
+	if (d.cfg.insecure)
+		log_warning("insecure = true: the server's certificate is NOT verified; anyone on "
+			    "the path can read and change what is sent");
+	r = setup(&d);
+	if (r) {
+		teardown(&d);
+		return r;
+	}
+	if (!d.up)
+		log_warning("not uploading until the configuration is fixed (reload with SIGHUP)");
+	else if (!d.cfg.nuvlabox_id || !d.cfg.api_key || !d.secret)
+		log_warning(
+			"not configured yet (nuvlabox_id, api_key, api_secret_file): events are "
+			"buffered; reload with SIGHUP once they are set");
+	d.work = true; /* whatever is pending from before */
+	sd(&d, "READY=1");
+	sd(&d, "STATUS=started");
+	loop(&d);
+	sd(&d, "STOPPING=1");
+	if (d.buf)
+		upload_save_state(d.buf, "idle", d.fail, d.last_error, 0);
+	log_info("stopped");
+	teardown(&d);
+	return EX_OK;
+}

@@ -1,0 +1,36 @@
+/*
+ * upload_setup: what `flush` and the daemon share: the Nuvla client and the
+ * uploader made from the configuration, and the upload state kept in the
+ * buffer for `status` (upload_state, last_fail, last_error, next_attempt_ms).
+ */
+#ifndef NBE_UPLOAD_SETUP_H
+#define NBE_UPLOAD_SETUP_H
+
+#include "buffer.h"
+#include "config.h"
+#include "nuvla.h"
+#include "uploader.h"
+
+#define NBE_UPLOAD_LOCK	    "upload.lock"
+#define NBE_COOKIE_JAR	    "session.cookie"
+#define NBE_LOOKUP_DELAY_MS 2000
+
+/*
+ * Makes the client (cookie jar in the state directory) and the uploader for
+ * @cfg over @buf. @secret and @boot_id are copied. Returns 0 or -errno with
+ * @err set.
+ */
+int upload_setup(const struct nbe_config *cfg, struct nbe_buffer *buf, const char *secret,
+		 const char *boot_id, struct nbe_nuvla **ret_nuvla, struct nbe_uploader **ret_up,
+		 struct nbe_error *err);
+
+/* Keeps what `status` shows: the state for @fail, the error, when the next
+ * attempt comes (0: none). Failures to write it are ignored. */
+void upload_save_state(struct nbe_buffer *buf, const char *state, enum nbe_upload_fail fail,
+		       const char *error, int64_t next_attempt_ms);
+
+/* The failure class as saved ("none", "retryable", "connect", ...) and back. */
+const char *upload_fail_name(enum nbe_upload_fail f);
+enum nbe_upload_fail upload_fail_parse(const char *s);
+
+#endif
