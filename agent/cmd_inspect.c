@@ -463,7 +463,7 @@ int cmd_status(struct cli *c, int argc, char **argv)
 	struct nbe_buffer_stats st;
 	struct nbe_error err = { { 0 } };
 	struct nbe_buffer *buf = NULL;
-	char *last_error = NULL, *upload_state = NULL;
+	char *last_error = NULL, *upload_state = NULL, *next_meta = NULL;
 	int64_t now = nbe_clock_wall_ms(), age = -1, next_in = -1;
 	bool json = false, synced, expired, running;
 	char expiry[NBE_TIMESTAMP_LEN + 1];
@@ -485,6 +485,8 @@ int cmd_status(struct cli *c, int argc, char **argv)
 		r = nbe_buffer_meta_get(buf, "last_error", &last_error, &err);
 	if (r == 0)
 		r = nbe_buffer_meta_get(buf, "upload_state", &upload_state, &err);
+	if (r == 0)
+		r = nbe_buffer_meta_get(buf, "next_attempt_ms", &next_meta, &err);
 	nbe_buffer_close(buf);
 	if (r < 0) {
 		cli_err(c, "%s", err.msg);
@@ -494,8 +496,15 @@ int cmd_status(struct cli *c, int argc, char **argv)
 	if (st.pending > 0 && st.oldest_pending_wall_ms > 0)
 		age = now > st.oldest_pending_wall_ms ? (now - st.oldest_pending_wall_ms) / 1000
 						      : 0;
-	if (st.pending > 0 && st.next_attempt_ms > 0)
-		next_in = st.next_attempt_ms > now ? (st.next_attempt_ms - now + 999) / 1000 : 0;
+	/* the uploader's schedule (a backoff) when it has one, else the
+	 * earliest per-event one (an in-doubt lookup) */
+	{
+		int64_t when = st.next_attempt_ms, sched = 0;
+		if (next_meta && nbe_parse_int64(next_meta, 1, INT64_MAX, &sched) == 0)
+			when = sched;
+		if (st.pending > 0 && when > 0)
+			next_in = when > now ? (when - now + 999) / 1000 : 0;
+	}
 	synced = nbe_clock_synced(c->cfg.timesync_file);
 	cert_expiry(c, expiry, &expired);
 	if (upload_state && !running && strcmp(upload_state, "uploading") == 0) {
@@ -576,6 +585,7 @@ out:
 	cJSON_Delete(o);
 	nbe_free(last_error);
 	nbe_free(upload_state);
+	nbe_free(next_meta);
 	return r;
 }
 

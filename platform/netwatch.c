@@ -1,6 +1,7 @@
 #include "netwatch.h"
 
 #include <errno.h>
+#include <linux/if_addr.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <net/if.h>
@@ -44,12 +45,24 @@ int nbe_netwatch_read(int fd)
 			return -errno;
 		}
 		for (h = (struct nlmsghdr *)buf; NLMSG_OK(h, (unsigned)n); h = NLMSG_NEXT(h, n)) {
-			if (h->nlmsg_type == RTM_NEWADDR || h->nlmsg_type == RTM_NEWROUTE) {
-				up = 1;
+			/* link-local addresses (IPv6 DAD finishing) and local or
+			 * host routes say nothing about reaching a server */
+			if (h->nlmsg_type == RTM_NEWADDR &&
+			    h->nlmsg_len >= NLMSG_LENGTH(sizeof(struct ifaddrmsg))) {
+				const struct ifaddrmsg *ifa = NLMSG_DATA(h);
+				if (ifa->ifa_scope == RT_SCOPE_UNIVERSE)
+					up = 1;
+			} else if (h->nlmsg_type == RTM_NEWROUTE &&
+				   h->nlmsg_len >= NLMSG_LENGTH(sizeof(struct rtmsg))) {
+				const struct rtmsg *rt = NLMSG_DATA(h);
+				if (rt->rtm_table == RT_TABLE_MAIN && rt->rtm_type == RTN_UNICAST &&
+				    rt->rtm_scope == RT_SCOPE_UNIVERSE)
+					up = 1;
 			} else if (h->nlmsg_type == RTM_NEWLINK &&
 				   h->nlmsg_len >= NLMSG_LENGTH(sizeof(struct ifinfomsg))) {
 				const struct ifinfomsg *ifi = NLMSG_DATA(h);
-				if ((ifi->ifi_flags & IFF_UP) && (ifi->ifi_flags & IFF_RUNNING))
+				if ((ifi->ifi_flags & IFF_UP) && (ifi->ifi_flags & IFF_RUNNING) &&
+				    !(ifi->ifi_flags & IFF_LOOPBACK))
 					up = 1;
 			}
 		}

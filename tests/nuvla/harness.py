@@ -285,8 +285,12 @@ class Harness:
     """
 
     def __init__(self, directory, refresh_delay=1.0, session_lifetime=7 * 24 * 3600,
-                 legacy_cookie=False, nginx=NGINX, server_events=True, die_with_parent=True):
+                 legacy_cookie=False, nginx=NGINX, server_events=True, die_with_parent=True,
+                 extra_addresses=()):
         self.dir = os.path.abspath(directory)
+        # Addresses the main gateway also listens on (and its certificate
+        # names): a device in a network namespace reaches it through a veth.
+        self.extra_addresses = tuple(extra_addresses)
         # In-process use (tests): the children get SIGTERM if this process
         # dies, even by SIGKILL. The `start` command turns it off on purpose.
         self.die_with_parent = die_with_parent
@@ -327,7 +331,7 @@ class Harness:
     def _start(self):
         nb_uuid = str(uuid.uuid4())
         nb_id = "nuvlabox/" + nb_uuid
-        manifest = pki.generate(os.path.join(self.dir, "pki"), nb_id)
+        manifest = pki.generate(os.path.join(self.dir, "pki"), nb_id, self.extra_addresses)
         owner = "user/%s" % uuid.uuid4()
         device_key, device_secret = "credential/%s" % uuid.uuid4(), _secret()
         owner_key, owner_secret = "credential/%s" % uuid.uuid4(), _secret()
@@ -438,15 +442,19 @@ class Harness:
         for sub in ("", "tmp"):
             os.makedirs(os.path.join(ndir, sub), exist_ok=True)
 
-        def listens(port):
+        def listens(port, extra=()):
             out = "        listen 127.0.0.1:%d ssl http2;\n" % port
             if v6:
                 out += "        listen [::1]:%d ssl http2;\n" % port
+            for addr in extra:
+                out += "        listen %s:%d ssl http2;\n" % (
+                    "[%s]" % addr if ":" in addr else addr, port)
             return out
         mtls = ("        ssl_client_certificate %s;\n        ssl_verify_client on;\n"
                 "        ssl_verify_depth 2;\n" % manifest["ca"])
         servers = "".join([
-            _SERVER.format(comment="mTLS gateway (the device's endpoint)", listens=listens(ports[0]),
+            _SERVER.format(comment="mTLS gateway (the device's endpoint)",
+                           listens=listens(ports[0], self.extra_addresses),
                            cert=manifest["server_cert"], key=manifest["server_key"], verify=mtls),
             _SERVER.format(comment="mTLS gateway presenting a certificate for wrong.example",
                            listens=listens(ports[1]), cert=manifest["server_wronghost_cert"],

@@ -170,11 +170,13 @@ def _utc_offset(seconds):
     return t.strftime("%Y%m%d%H%M%SZ")
 
 
-def generate(out_dir, nuvlabox_id=None):
+def generate(out_dir, nuvlabox_id=None, extra_ips=()):
     """Generates the whole test PKI into out_dir; returns the manifest dict.
 
     nuvlabox_id is the client certificates' CN (default: a random
-    nuvlabox/<uuid>). Existing files in out_dir are overwritten.
+    nuvlabox/<uuid>). extra_ips are added to the server certificate's names
+    (a gateway reached through a veth pair). Existing files in out_dir are
+    overwritten.
     """
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -183,7 +185,8 @@ def generate(out_dir, nuvlabox_id=None):
     p = lambda name: os.path.join(out_dir, name)  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="pki-work-", dir=out_dir) as work:
         ca = _Ca(work, "main", "nuvlabox-event test CA", p("ca.key"), p("ca.pem"),
-                 "DNS:localhost, IP:127.0.0.1, IP:::1")
+                 "DNS:localhost, IP:127.0.0.1, IP:::1" +
+                 "".join(", IP:%s" % ip for ip in extra_ips))
         ca.issue("localhost", p("server.key"), p("server.pem"), "ext_server")
         ca.issue("wrong.example", p("server-wronghost.key"), p("server-wronghost.pem"),
                  "ext_server", san="DNS:wrong.example")
