@@ -79,7 +79,7 @@ int upload_setup(const struct nbe_config *cfg, struct nbe_buffer *buf, const cha
 	uo.timesync_file = cfg->timesync_file;
 	uo.retry_base_ms = cfg->retry_base_ms;
 	uo.retry_cap_ms = cfg->retry_cap_ms;
-	uo.lookup_delay_ms = NBE_LOOKUP_DELAY_MS;
+	uo.lookup_delay_ms = cfg->lookup_delay_ms;
 	uo.max_in_flight = (int)cfg->max_in_flight;
 	r = nbe_uploader_new(&uo, ret_up, err);
 	if (r < 0) {

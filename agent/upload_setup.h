@@ -11,9 +11,8 @@
 #include "nuvla.h"
 #include "uploader.h"
 
-#define NBE_UPLOAD_LOCK	    "upload.lock"
-#define NBE_COOKIE_JAR	    "session.cookie"
-#define NBE_LOOKUP_DELAY_MS 2000
+#define NBE_UPLOAD_LOCK "upload.lock"
+#define NBE_COOKIE_JAR	"session.cookie"
 
 /*
  * Makes the client (cookie jar in the state directory) and the uploader for

@@ -206,6 +206,7 @@ struct nbe_buffer {
 	int64_t page_size;
 	int64_t budget_pages; /* database pages allowed, WAL reserve excluded */
 	int64_t wal_reserve;  /* the WAL's share of max_bytes */
+	int64_t recover_delay_ms;
 };
 
 /* Evictions made while admitting events, by what was evicted. */
@@ -1407,7 +1408,8 @@ int nbe_buffer_set_inflight_mark(struct nbe_buffer *b, int64_t seq, struct nbe_e
 	return nbe_buffer_meta_set(b, "inflight_mark", num, err); /* durable: FULL */
 }
 
-int nbe_buffer_recover_inflight(struct nbe_buffer *b, int64_t *ret_n, struct nbe_error *err)
+int nbe_buffer_recover_inflight(struct nbe_buffer *b, int64_t delay_ms, int64_t *ret_n,
+				struct nbe_error *err)
 {
 	int64_t mark;
 	int r = nbe_buffer_inflight_mark(b, &mark, err);
@@ -1417,12 +1419,14 @@ int nbe_buffer_recover_inflight(struct nbe_buffer *b, int64_t *ret_n, struct nbe
 	*ret_n = 0;
 	if (mark == 0)
 		return 0;
+	b->recover_delay_ms = delay_ms;
 	r = begin(b, err);
 	if (r < 0)
 		return r;
 	sqlite3_bind_int64(b->st[ST_RECOVER], 1, mark);
-	/* when it was in flight is not known: wait a full refresh delay from now */
-	sqlite3_bind_int64(b->st[ST_RECOVER], 2, nbe_clock_wall_ms() + 2000);
+	/* when it was in flight is not known: its lookup waits a full delay
+	 * from now (the uploader's lookup_delay) */
+	sqlite3_bind_int64(b->st[ST_RECOVER], 2, nbe_clock_wall_ms() + b->recover_delay_ms);
 	r = step_done(b, b->st[ST_RECOVER], err, "marking in-flight events in doubt");
 	if (r == 0) {
 		*ret_n = sqlite3_changes64(b->db);

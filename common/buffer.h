@@ -170,8 +170,10 @@ int nbe_buffer_inflight_mark(struct nbe_buffer *b, int64_t *ret, struct nbe_erro
 int nbe_buffer_set_inflight_mark(struct nbe_buffer *b, int64_t seq, struct nbe_error *err);
 
 /* At the uploader's start: pending events at or below the mark become in
- * doubt (*ret_n of them); the mark is cleared. */
-int nbe_buffer_recover_inflight(struct nbe_buffer *b, int64_t *ret_n, struct nbe_error *err);
+ * doubt (*ret_n of them), to be looked up no sooner than @delay_ms from
+ * now; the mark is cleared. */
+int nbe_buffer_recover_inflight(struct nbe_buffer *b, int64_t delay_ms, int64_t *ret_n,
+				struct nbe_error *err);
 
 struct nbe_ack {
 	int64_t seq;

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #define COOKIE_FILE_MAX (64 * 1024)
@@ -43,6 +44,7 @@ struct nbe_nuvla {
 	int in_flight;
 	bool has_session;
 	struct transfer *transfers;
+	bool poisoned; /* a request went out and its fate is unknown */
 	int wake_fds[4];
 	unsigned nwake;
 	nbe_nuvla_interrupt_fn interrupt;
@@ -284,6 +286,47 @@ static void classify(struct transfer *t, CURLcode result, struct nbe_http_respon
 	}
 }
 
+/*
+ * Every socket closes with a reset that discards what the kernel still
+ * holds: a request that timed out on a dead link must not be delivered
+ * minutes later, after its lookup said "not there" and it was sent again.
+ */
+static int on_sockopt(void *userdata, curl_socket_t fd, curlsocktype purpose)
+{
+	struct linger l = { .l_onoff = 1, .l_linger = 0 };
+
+	(void)userdata;
+	(void)purpose;
+	setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+	return CURL_SOCKOPT_OK;
+}
+
+static int configure_multi(struct nbe_nuvla *n)
+{
+	if (curl_multi_setopt(n->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX) !=
+		    CURLM_OK ||
+	    curl_multi_setopt(n->multi, CURLMOPT_MAX_HOST_CONNECTIONS, n->max_in_flight) !=
+		    CURLM_OK ||
+	    curl_multi_setopt(n->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, n->max_in_flight) !=
+		    CURLM_OK)
+		return -EINVAL;
+	return 0;
+}
+
+/* Closes every connection (with a reset, see on_sockopt()): nothing queued
+ * on them can reach the server later. Only with nothing in flight. */
+static void drop_connections(struct nbe_nuvla *n)
+{
+	CURLM *fresh = curl_multi_init();
+
+	if (!fresh)
+		return; /* keep the old one; the next in-doubt outcome tries again */
+	curl_multi_cleanup(n->multi);
+	n->multi = fresh;
+	if (configure_multi(n) == 0)
+		n->poisoned = false;
+}
+
 static void transfer_free(struct transfer *t)
 {
 	if (!t)
@@ -335,6 +378,7 @@ static int setup_easy(struct nbe_nuvla *n, CURL *e)
 	SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
 	SET(CURLOPT_PIPEWAIT, 1L);
 	SET(CURLOPT_TCP_KEEPALIVE, 1L);
+	SET(CURLOPT_SOCKOPTFUNCTION, on_sockopt);
 	SET(CURLOPT_USERAGENT, n->user_agent);
 #undef SET
 	return c == CURLE_OK ? 0 : -EINVAL;
@@ -453,6 +497,7 @@ void nbe_nuvla_abort_all(struct nbe_nuvla *n)
 		transfer_free(t);
 	}
 	n->in_flight = 0;
+	drop_connections(n); /* what they had queued must not go out later */
 }
 
 int nbe_nuvla_in_flight(const struct nbe_nuvla *n)
@@ -493,12 +538,16 @@ int nbe_nuvla_perform(struct nbe_nuvla *n, int timeout_ms, struct nbe_error *err
 		if (!t)
 			continue;
 		classify(t, msg->data.result, &resp);
+		if (resp.cls == NBE_HTTP_IN_DOUBT)
+			n->poisoned = true;
 		unlink_transfer(n, t);
 		n->in_flight--;
 		t->done(t->userdata, &resp);
 		nbe_http_response_clear(&resp);
 		transfer_free(t);
 	}
+	if (n->poisoned && n->in_flight == 0)
+		drop_connections(n);
 	return 0;
 }
 
@@ -717,12 +766,7 @@ int nbe_nuvla_new(const struct nbe_nuvla_opts *opts, struct nbe_nuvla **ret, str
 	if (!n->multi || !n->share)
 		goto err_oom;
 	if (curl_share_setopt(n->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_COOKIE) != CURLSHE_OK ||
-	    curl_multi_setopt(n->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX) !=
-		    CURLM_OK ||
-	    curl_multi_setopt(n->multi, CURLMOPT_MAX_HOST_CONNECTIONS, n->max_in_flight) !=
-		    CURLM_OK ||
-	    curl_multi_setopt(n->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, n->max_in_flight) !=
-		    CURLM_OK) {
+	    configure_multi(n) < 0) {
 		nbe_nuvla_free(n);
 		return nbe_error_set(err, -EINVAL, "cannot configure libcurl");
 	}

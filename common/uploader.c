@@ -545,7 +545,7 @@ static int round_inner(struct nbe_uploader *up, int64_t deadline_ms, nbe_upload_
 	}
 	if (!up->recovered) {
 		int64_t n;
-		rc = nbe_buffer_recover_inflight(up->o.buf, &n, err);
+		rc = nbe_buffer_recover_inflight(up->o.buf, up->o.lookup_delay_ms, &n, err);
 		if (rc < 0)
 			return rc;
 		up->recovered = true;

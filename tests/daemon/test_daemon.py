@@ -300,7 +300,7 @@ class DaemonTest(DaemonBase):
         self.conf = self.config(retry_base="20s", retry_cap="1m")
         d = self.start_daemon()
         http_json(self.standin + "/_control/faults", "POST",
-                  {"kind": "status", "status": 503, "count": 3, "path": "/api/event",
+                  {"kind": "status", "status": 503, "count": 1, "path": "/api/event",
                    "method": "POST", "body": "html"})
         for i in range(5):
             self.record()

@@ -956,7 +956,7 @@ static void test_upload_states(void **state)
 	assert_int_equal(nbe_buffer_inflight_mark(b, &mark, &err), 0);
 	assert_int_equal(mark, 0);
 	assert_int_equal(nbe_buffer_set_inflight_mark(b, s[4], &err), 0);
-	assert_int_equal(nbe_buffer_recover_inflight(b, &n, &err), 0);
+	assert_int_equal(nbe_buffer_recover_inflight(b, 2000, &n, &err), 0);
 	assert_int_equal(n, 3); /* s[2], s[3], s[4]; sent ones are not touched */
 	get_ok(b, "5", &ev);
 	assert_true(ev.in_doubt);
