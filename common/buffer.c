@@ -95,8 +95,9 @@ static const char *const stmt_sql[ST__MAX] = {
 	[ST_AUTOLINK_NOJOB] = "SELECT " EVENT_COLS " FROM events WHERE name = ?1 AND job IS NULL "
 			      "AND boot_id = ?2 AND NOT EXISTS (SELECT 1 FROM events c WHERE "
 			      "c.parent_seq = events.seq) ORDER BY seq DESC LIMIT 1",
-	[ST_PAGE_COUNT] = "PRAGMA page_count",
-	[ST_FREELIST_COUNT] = "PRAGMA freelist_count",
+	/* the table-valued forms: PRAGMA statements are re-prepared after writes */
+	[ST_PAGE_COUNT] = "SELECT page_count FROM pragma_page_count()",
+	[ST_FREELIST_COUNT] = "SELECT freelist_count FROM pragma_freelist_count()",
 	[ST_COUNTS] = "SELECT state, n FROM counts",
 	[ST_VICTIM_SENT] = "SELECT seq, severity, state FROM events WHERE state = 1 ORDER BY seq "
 			   "LIMIT 1",
@@ -420,6 +421,8 @@ static void close_db(struct nbe_buffer *b)
 	}
 }
 
+static int header_check(const char *path, const char *wal_path, struct nbe_error *err);
+
 /* Creates the database file with the agent's mode before SQLite touches it,
  * so -wal and -shm (which SQLite creates with the main file's mode and owner)
  * follow. Returns 1 when created, 0 when it existed, or -errno. */
@@ -441,8 +444,10 @@ static int create_db_file(const char *path)
 	return r < 0 ? r : 1;
 }
 
-/* Opens the connection and applies the per-connection settings of DESIGN §9. */
-static int open_db(struct nbe_buffer *b, bool *ret_created, struct nbe_error *err)
+/* Opens the connection and applies the per-connection settings of DESIGN §9.
+ * With @check_header, an existing file's header is checked first. */
+static int open_db(struct nbe_buffer *b, bool *ret_created, bool check_header,
+		   struct nbe_error *err)
 {
 	char sql[160];
 	int64_t wal_reserve;
@@ -452,6 +457,11 @@ static int open_db(struct nbe_buffer *b, bool *ret_created, struct nbe_error *er
 	if (r < 0)
 		return nbe_error_set(err, r, "%s: cannot create: %s", b->path, strerror(-r));
 	*ret_created = r == 1;
+	if (check_header && r == 0) {
+		r = header_check(b->path, b->wal_path, err);
+		if (r < 0)
+			return r;
+	}
 	rc = sqlite3_open_v2(b->path, &b->db,
 			     SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
 			     NULL);
@@ -491,33 +501,43 @@ static int open_db(struct nbe_buffer *b, bool *ret_created, struct nbe_error *er
 }
 
 /*
- * A cheap stand-in for quick_check on the hot path (record): a file shorter
- * than its header says, with no WAL that could hold the rest, was truncated.
+ * A cheap stand-in for quick_check on the hot path (record): a file that is
+ * not an SQLite database, or shorter than its header says with no WAL that
+ * could hold the rest, is corrupt. It reads the header BEFORE SQLite opens
+ * the file: closing any descriptor of a file drops every POSIX lock this
+ * process holds on it, SQLite's included, and another process could then
+ * checkpoint and delete the WAL under us.
  */
-static int header_check(struct nbe_buffer *b, struct nbe_error *err)
+static int header_check(const char *path, const char *wal_path, struct nbe_error *err)
 {
-	unsigned char h[32];
+	static const char magic[16] = "SQLite format 3";
+	unsigned char h[100];
 	struct stat st;
-	int64_t pages, size;
+	int64_t pages, size, page_size;
 	ssize_t n;
-	int fd = open(b->path, O_RDONLY | O_CLOEXEC);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 
 	if (fd < 0)
-		return 0; /* open_db() already reported what matters */
+		return 0; /* open_db() reports what matters */
 	n = pread(fd, h, sizeof(h), 0);
 	if (fstat(fd, &st) != 0)
 		st.st_size = 0;
 	close(fd);
 	size = (int64_t)st.st_size;
-	if (n != (ssize_t)sizeof(h) || size == 0)
-		return 0;
+	if (size == 0)
+		return 0; /* new, or created empty: a fresh buffer */
+	if (n != (ssize_t)sizeof(h) || memcmp(h, magic, sizeof(magic)) != 0)
+		return nbe_error_set(err, -EBADMSG, "%s: not an SQLite database", path);
+	page_size = (int64_t)h[16] << 8 | h[17];
+	if (page_size == 1)
+		page_size = 65536;
 	pages = (int64_t)h[28] << 24 | (int64_t)h[29] << 16 | (int64_t)h[30] << 8 | h[31];
-	if (size % b->page_size != 0 ||
-	    (pages > 0 && size < pages * b->page_size && file_size_of(b->wal_path) == 0))
+	if (page_size < 512 || (page_size & (page_size - 1)) != 0 || size % page_size != 0 ||
+	    (pages > 0 && size < pages * page_size && file_size_of(wal_path) == 0))
 		return nbe_error_set(err, -EBADMSG,
 				     "%s: truncated (%" PRId64 " bytes, header says %" PRId64
 				     " pages of %" PRId64 ")",
-				     b->path, size, pages, b->page_size);
+				     path, size, pages, page_size);
 	return 0;
 }
 
@@ -1728,7 +1748,7 @@ static int quarantine(struct nbe_buffer *b, const char *reason, struct nbe_buffe
 		;
 
 	/* under the lock: is it still corrupt? */
-	r = open_db(b, &created, NULL);
+	r = open_db(b, &created, false, NULL);
 	if (r == 0)
 		r = quick_check(b, NULL);
 	if (r == 0)
@@ -1753,7 +1773,7 @@ static int quarantine(struct nbe_buffer *b, const char *reason, struct nbe_buffe
 	rename_aside(from, to);
 	nbe_fsync_parent_dir(b->path);
 
-	r = open_db(b, &created, err);
+	r = open_db(b, &created, false, err);
 	if (r == 0)
 		r = migrate(b, err);
 	if (r == 0)
@@ -1855,9 +1875,9 @@ int nbe_buffer_open(const struct nbe_buffer_opts *opts, struct nbe_buffer **ret,
 	b->opts.boot_id_file = b->boot_id_file;
 	b->opts.timesync_file = b->timesync_file;
 
-	r = open_db(b, &info.created, &cerr);
-	if (r == 0 && !info.created)
-		r = opts->full_check ? quick_check(b, &cerr) : header_check(b, &cerr);
+	r = open_db(b, &info.created, !opts->full_check, &cerr);
+	if (r == 0 && !info.created && opts->full_check)
+		r = quick_check(b, &cerr);
 	if (r == 0)
 		r = migrate(b, &cerr);
 	if (r == 0)
