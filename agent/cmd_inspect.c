@@ -9,7 +9,7 @@
 #include "clock.h"
 #include "crypto.h"
 #include "fsutil.h"
-#include "upload_setup.h"
+#include "notify.h"
 #include "json.h"
 #include "parse.h"
 #include "version.h"
@@ -631,4 +631,67 @@ int cmd_purge(struct cli *c, int argc, char **argv)
 	printf("removed %" PRId64 " event%s%s\n", removed, removed == 1 ? "" : "s",
 	       pending ? " (pending ones included)" : " (sent and dead)");
 	return EX_OK;
+}
+
+/* ---- retry-dead ------------------------------------------------------------ */
+
+static int retry_arg(struct cli *c, const char *arg, void *userdata)
+{
+	const char ***refs = userdata;
+	size_t n = 0;
+
+	(void)c;
+	while ((*refs)[n])
+		n++;
+	(*refs)[n] = arg;
+	return 0;
+}
+
+static int no_opt(struct cli *c, int opt, const char *arg, void *userdata)
+{
+	(void)c;
+	(void)opt;
+	(void)arg;
+	(void)userdata;
+	return 0;
+}
+
+int cmd_retry_dead(struct cli *c, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		CLI_GLOBAL_OPTIONS,
+		{ NULL, 0, NULL, 0 },
+	};
+	const char **refs = nbe_calloc((size_t)argc + 1, sizeof(*refs));
+	struct nbe_error err = { { 0 } };
+	struct nbe_buffer *buf = NULL;
+	int64_t n = 0;
+	size_t nrefs = 0;
+	int r;
+
+	if (!refs)
+		return EX_OSERR;
+	r = cli_parse(c, argc, argv, opts, no_opt, retry_arg, &refs);
+	if (r)
+		goto out;
+	while (refs[nrefs])
+		nrefs++;
+	r = cli_load_config(c);
+	if (r)
+		goto out;
+	r = cli_open_buffer(c, true, &buf);
+	if (r)
+		goto out;
+	r = nbe_buffer_retry_dead(buf, refs, nrefs, &n, &err);
+	if (r < 0) {
+		cli_err(c, "%s", err.msg);
+		r = r == -ENOENT || r == -EINVAL ? EX_DATAERR : cli_exit_for_errno(r);
+		goto out;
+	}
+	printf("re-queued %" PRId64 " dead event%s\n", n, n == 1 ? "" : "s");
+	r = EX_OK;
+out:
+	nbe_buffer_close(buf);
+	nbe_free(refs);
+	return r;
 }

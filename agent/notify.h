@@ -10,6 +10,9 @@
 #define NBE_NOTIFY_POKE	  "poke"
 #define NBE_NOTIFY_FLUSH  "flush"
 
+/* The upload lock in the state directory: one uploader at a time. */
+#define NBE_UPLOAD_LOCK "upload.lock"
+
 /* Sends @msg to the daemon under @runtime_dir without blocking. Returns 0
  * when it was delivered, -errno otherwise (no daemon: -ENOENT or
  * -ECONNREFUSED). */

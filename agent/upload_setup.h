@@ -10,9 +10,9 @@
 #include "config.h"
 #include "nuvla.h"
 #include "uploader.h"
+#include "notify.h"
 
-#define NBE_UPLOAD_LOCK "upload.lock"
-#define NBE_COOKIE_JAR	"session.cookie"
+#define NBE_COOKIE_JAR "session.cookie"
 
 /*
  * Makes the client (cookie jar in the state directory) and the uploader for

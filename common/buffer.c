@@ -1821,6 +1821,15 @@ out:
 	return r;
 }
 
+/* The WAL a closing process may leave behind: the next process to open the
+ * buffer reads all of it to rebuild the WAL index (about 6 ms per MiB). */
+#define CLOSE_WAL_MAX (512 * 1024)
+
+static int64_t close_wal_limit(const struct nbe_buffer *b)
+{
+	return b->wal_reserve < CLOSE_WAL_MAX ? b->wal_reserve : CLOSE_WAL_MAX;
+}
+
 void nbe_buffer_close(struct nbe_buffer *b)
 {
 	if (!b)
@@ -1832,7 +1841,7 @@ void nbe_buffer_close(struct nbe_buffer *b)
 	 * it is past its share of the cap, fold it in and truncate it (another
 	 * process using the buffer makes this a no-op: BUSY, ignored).
 	 */
-	if (b->db && b->wal_reserve > 0 && file_size_of(b->wal_path) > b->wal_reserve)
+	if (b->db && b->wal_reserve > 0 && file_size_of(b->wal_path) > close_wal_limit(b))
 		sqlite3_wal_checkpoint_v2(b->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
 	close_db(b);
 	nbe_free(b->path);
