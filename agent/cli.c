@@ -188,6 +188,9 @@ int cli_load_config(struct cli *c)
 		r = nbe_config_apply_env(&c->cfg, env_get, &err);
 	if (r == 0 && c->state_dir)
 		r = nbe_config_set(&c->cfg, "state_dir", c->state_dir, &err);
+	/* record needs no identity: keep NuvlaEdge's files off its hot path */
+	if (r == 0 && strcmp(c->command, "record") != 0 && nbe_config_apply_nuvlaedge(&c->cfg) < 0)
+		r = nbe_error_set(&err, -ENOMEM, "out of memory");
 	if (r == 0)
 		r = nbe_config_validate(&c->cfg, &err);
 	if (r < 0) {

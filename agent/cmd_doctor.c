@@ -18,6 +18,7 @@
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -82,9 +83,13 @@ static void check_files(struct cli *c, struct doctor *d)
 	int r;
 
 	if (!c->cfg.nuvlabox_id)
-		line(d, "FAIL", "identity", "nuvlabox_id is not set (nor NUVLAEDGE_UUID)");
+		line(d, "FAIL", "identity", "nuvlabox_id is not set (nor NUVLAEDGE_UUID)%s%s",
+		     c->cfg.identity_note ? "; " : "",
+		     c->cfg.identity_note ? c->cfg.identity_note : "");
 	else
-		line(d, "ok", "identity", "%s", c->cfg.nuvlabox_id);
+		line(d, "ok", "identity", "%s%s%s", c->cfg.nuvlabox_id,
+		     c->cfg.identity_source ? " from " : "",
+		     c->cfg.identity_source ? c->cfg.identity_source : "");
 	r = nbe_config_read_secret(&c->cfg, &secret, &err);
 	if (r < 0)
 		line(d, "FAIL", "credential", "%s", err.msg);
@@ -94,7 +99,10 @@ static void check_files(struct cli *c, struct doctor *d)
 		     "NUVLAEDGE_API_SECRET) must be set");
 	else
 		line(d, "ok", "credential", "%s, secret from %s", c->cfg.api_key,
-		     c->cfg.api_secret ? "NUVLAEDGE_API_SECRET" : c->cfg.api_secret_file);
+		     c->cfg.api_secret_file ? c->cfg.api_secret_file
+		     : c->cfg.identity_source && !getenv("NUVLAEDGE_API_SECRET")
+			     ? c->cfg.identity_source
+			     : "NUVLAEDGE_API_SECRET");
 	if (secret) {
 		explicit_bzero(secret, strlen(secret));
 		nbe_free(secret);

@@ -543,6 +543,8 @@ int cmd_status(struct cli *c, int argc, char **argv)
 			    0 ||
 		    !cJSON_AddBoolToObject(o, "certificate_expired", expired) ||
 		    nbe_json_add_str_or_null(o, "nuvlabox_id", c->cfg.nuvlabox_id) < 0 ||
+		    nbe_json_add_str_or_null(o, "identity_source", c->cfg.identity_source) < 0 ||
+		    nbe_json_add_str_or_null(o, "identity_note", c->cfg.identity_note) < 0 ||
 		    !cJSON_AddStringToObject(o, "endpoint", c->cfg.endpoint) ||
 		    !cJSON_AddStringToObject(o, "state_dir", c->cfg.state_dir)) {
 			cli_err(c, "out of memory");
@@ -576,8 +578,15 @@ int cmd_status(struct cli *c, int argc, char **argv)
 		if (expiry[0])
 			printf("client cert:  %s %s%s\n", expired ? "EXPIRED on" : "valid until",
 			       expiry, expired ? " (by this device's clock)" : "");
-		printf("nuvlabox:     %s\n",
-		       c->cfg.nuvlabox_id ? c->cfg.nuvlabox_id : "not known yet");
+		if (c->cfg.nuvlabox_id && c->cfg.identity_source)
+			printf("nuvlabox:     %s (from %s)\n", c->cfg.nuvlabox_id,
+			       c->cfg.identity_source);
+		else if (c->cfg.nuvlabox_id)
+			printf("nuvlabox:     %s\n", c->cfg.nuvlabox_id);
+		else
+			printf("nuvlabox:     not known yet (%s)\n",
+			       c->cfg.identity_note ? c->cfg.identity_note
+						    : "nuvlabox_id is not set");
 		printf("endpoint:     %s\n", c->cfg.endpoint);
 	}
 	r = EX_OK;

@@ -102,6 +102,8 @@ static int load_config(struct daemon *d, struct nbe_config *cfg, struct nbe_erro
 	r = nbe_config_load_file(cfg, d->config_path, d->config_explicit, err);
 	if (r == 0)
 		r = nbe_config_apply_env(cfg, env_get, err);
+	if (r == 0 && nbe_config_apply_nuvlaedge(cfg) < 0)
+		r = nbe_error_set(err, -ENOMEM, "out of memory");
 	if (r == 0)
 		r = nbe_config_validate(cfg, err);
 	if (r < 0)
@@ -699,8 +701,13 @@ int main(int argc, char **argv)
 		log_warning("not uploading until the configuration is fixed (reload with SIGHUP)");
 	else if (!d.cfg.nuvlabox_id || !d.cfg.api_key || !d.secret)
 		log_warning(
-			"not configured yet (nuvlabox_id, api_key, api_secret_file): events are "
-			"buffered; reload with SIGHUP once they are set");
+			"not configured yet (nuvlabox_id, api_key, api_secret_file%s%s): events "
+			"are buffered; reload with SIGHUP once they are set",
+			d.cfg.identity_note ? "; " : "",
+			d.cfg.identity_note ? d.cfg.identity_note : "");
+	else if (d.cfg.identity_source)
+		log_info("identity %s and its credential from %s", d.cfg.nuvlabox_id,
+			 d.cfg.identity_source);
 	d.work = true; /* whatever is pending from before */
 	sd(&d, "READY=1");
 	sd(&d, "STATUS=started");

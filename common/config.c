@@ -4,6 +4,7 @@
 #include "clock.h"
 #include "fsutil.h"
 #include "ids.h"
+#include "nuvlaedge.h"
 #include "parse.h"
 #include "sysinfo.h"
 #include "utf8.h"
@@ -68,6 +69,8 @@ static const struct key_def keys[] = {
 	{ "boot_id_file", T_PATH, OFF(boot_id_file), 0, 0 },
 	{ "timesync_file", T_PATH, OFF(timesync_file), 0, 0 },
 };
+
+_Static_assert(sizeof(keys) / sizeof(keys[0]) <= 32, "explicit_keys has 32 bits");
 
 static const char *const level_names[] = {
 	[NBE_LOG_ERROR] = "error", [NBE_LOG_WARNING] = "warning", [NBE_LOG_NOTICE] = "notice",
@@ -184,6 +187,7 @@ static int set_value(struct nbe_config *cfg, const struct key_def *def, const ch
 	int64_t v;
 	int r = 0;
 
+	cfg->explicit_keys |= UINT32_C(1) << (def - keys);
 	switch (def->type) {
 	case T_STRING:
 	case T_PATH:
@@ -471,6 +475,62 @@ int nbe_config_apply_env(struct nbe_config *cfg, nbe_getenv_fn getenv_fn, struct
 	return 0;
 }
 
+static bool is_explicit(const struct nbe_config *cfg, const char *name)
+{
+	const struct key_def *def = find_key(name);
+
+	return def && (cfg->explicit_keys & (UINT32_C(1) << (def - keys)));
+}
+
+static int take(char **slot, char **from)
+{
+	nbe_free(*slot);
+	*slot = *from;
+	*from = NULL;
+	return 0;
+}
+
+int nbe_config_apply_nuvlaedge(struct nbe_config *cfg)
+{
+	static const char *const legacy[] = { "/srv/nuvlaedge/shared", "/srv/nuvlabox/shared" };
+	struct nbe_nuvlaedge_identity id;
+	struct nbe_error err = { { 0 } };
+	char *ep;
+	int r;
+
+	nbe_free(cfg->identity_note);
+	cfg->identity_note = NULL;
+	if (cfg->nuvlabox_id && cfg->api_key)
+		return 0; /* configured: NuvlaEdge's files are not needed */
+	r = nbe_nuvlaedge_read(cfg->nuvlaedge_dir, &id, &err);
+	for (size_t i = 0; r == -ENOENT && !is_explicit(cfg, "nuvlaedge_dir") &&
+			   i < sizeof(legacy) / sizeof(legacy[0]);
+	     i++) {
+		struct nbe_error e2 = { { 0 } };
+		r = nbe_nuvlaedge_read(legacy[i], &id, &e2);
+		if (r != -ENOENT)
+			err = e2;
+	}
+	if (r < 0) {
+		cfg->identity_note = nbe_strdup(err.msg);
+		return cfg->identity_note ? 0 : -ENOMEM;
+	}
+	if (!cfg->nuvlabox_id && id.nuvlabox_id)
+		take(&cfg->nuvlabox_id, &id.nuvlabox_id);
+	if (!cfg->api_key && id.api_key && !cfg->api_secret && !cfg->api_secret_file) {
+		take(&cfg->api_key, &id.api_key);
+		take(&cfg->api_secret, &id.api_secret);
+	}
+	if (id.endpoint && !is_explicit(cfg, "endpoint") &&
+	    normalize_endpoint(id.endpoint, &ep) == 0)
+		take(&cfg->endpoint, &ep);
+	if (id.insecure >= 0 && !is_explicit(cfg, "insecure"))
+		cfg->insecure = id.insecure == 1;
+	cfg->identity_source = nbe_strdup(id.source);
+	nbe_nuvlaedge_identity_clear(&id);
+	return cfg->identity_source ? 0 : -ENOMEM;
+}
+
 int nbe_config_validate(const struct nbe_config *cfg, struct nbe_error *err)
 {
 	if (cfg->retry_base_ms > cfg->retry_cap_ms)
@@ -561,6 +621,10 @@ void nbe_config_free(struct nbe_config *cfg)
 			break;
 		}
 	}
+	nbe_free(cfg->identity_note);
+	cfg->identity_note = NULL;
+	nbe_free(cfg->identity_source);
+	cfg->identity_source = NULL;
 	if (cfg->api_secret) {
 		/* a secret does not linger in freed memory */
 		explicit_bzero(cfg->api_secret, strlen(cfg->api_secret));

@@ -51,6 +51,10 @@ struct nbe_config {
 	char *runtime_dir;
 	char *boot_id_file;
 	char *timesync_file;
+
+	uint32_t explicit_keys; /* keys set by the file, the environment or a flag */
+	char *identity_note;	/* why NuvlaEdge's files gave no identity, or NULL */
+	char *identity_source;	/* the NuvlaEdge file the identity came from, or NULL */
 };
 
 /* Environment lookup, so tests can supply their own (getenv in programs). */
@@ -74,6 +78,16 @@ int nbe_config_load_text(struct nbe_config *cfg, const char *text, const char *o
 
 /* Applies the environment overrides of DESIGN §8. */
 int nbe_config_apply_env(struct nbe_config *cfg, nbe_getenv_fn getenv_fn, struct nbe_error *err);
+
+/*
+ * Fills what the file, the environment and flags left unset from NuvlaEdge's
+ * data directory (nuvlaedge_dir, and the legacy /srv/nuvlaedge/shared and
+ * /srv/nuvlabox/shared when it is the default): nuvlabox_id, the api key and
+ * secret, and the endpoint and insecure flag. Never fails because of
+ * NuvlaEdge's files: what went wrong is kept in identity_note. Returns 0 or
+ * -ENOMEM.
+ */
+int nbe_config_apply_nuvlaedge(struct nbe_config *cfg);
 
 /* Sets one key as if it came from a file (used for flags). */
 int nbe_config_set(struct nbe_config *cfg, const char *key, const char *value,

@@ -4,11 +4,15 @@
 #include "fsutil.h"
 
 #include <errno.h>
+#include <mbedtls/aes.h>
+#include <mbedtls/base64.h>
 #include <mbedtls/ctr_drbg.h>
 #include <mbedtls/ecp.h>
 #include <mbedtls/entropy.h>
 #include <mbedtls/error.h>
 #include <mbedtls/pk.h>
+#include <mbedtls/platform_util.h>
+#include <mbedtls/sha256.h>
 #include <mbedtls/version.h>
 #include <mbedtls/x509_crt.h>
 #include <mbedtls/x509_csr.h>
@@ -190,4 +194,91 @@ out:
 	mbedtls_x509_crt_free(&crt);
 	rng_free(&rng);
 	return r;
+}
+
+void nbe_crypto_sha256(const void *data, size_t len, unsigned char out[32])
+{
+#if MBEDTLS_VERSION_NUMBER >= 0x03000000
+	mbedtls_sha256(data, len, out, 0);
+#else
+	mbedtls_sha256_ret(data, len, out, 0);
+#endif
+}
+
+int nbe_base64_decode(const char *in, size_t inlen, unsigned char **ret, size_t *ret_len)
+{
+	size_t need = 0;
+	unsigned char *out;
+	int m = mbedtls_base64_decode(NULL, 0, &need, (const unsigned char *)in, inlen);
+
+	if (m == MBEDTLS_ERR_BASE64_INVALID_CHARACTER)
+		return -EINVAL;
+	out = nbe_malloc(need + 1);
+	if (!out)
+		return -ENOMEM;
+	m = mbedtls_base64_decode(out, need + 1, &need, (const unsigned char *)in, inlen);
+	if (m) {
+		nbe_free(out);
+		return -EINVAL;
+	}
+	*ret = out;
+	*ret_len = need;
+	return 0;
+}
+
+int nbe_base64_encode(const unsigned char *in, size_t len, bool pad, char **ret)
+{
+	size_t need = 0, n;
+	unsigned char *out;
+
+	mbedtls_base64_encode(NULL, 0, &need, in, len);
+	out = nbe_malloc(need + 1);
+	if (!out)
+		return -ENOMEM;
+	if (mbedtls_base64_encode(out, need + 1, &n, in, len) != 0) {
+		nbe_free(out);
+		return -EINVAL;
+	}
+	out[n] = '\0';
+	while (!pad && n > 0 && out[n - 1] == '=')
+		out[--n] = '\0';
+	*ret = (char *)out;
+	return 0;
+}
+
+int nbe_crypto_aes256cbc_decrypt(const unsigned char key[32], const unsigned char iv[16],
+				 const unsigned char *in, size_t len, unsigned char **ret,
+				 size_t *ret_len)
+{
+	unsigned char ivc[16], *out, padv;
+	mbedtls_aes_context aes;
+	int m;
+
+	if (len == 0 || len % 16 != 0)
+		return -EBADMSG;
+	out = nbe_malloc(len);
+	if (!out)
+		return -ENOMEM;
+	memcpy(ivc, iv, 16);
+	mbedtls_aes_init(&aes);
+	m = mbedtls_aes_setkey_dec(&aes, key, 256);
+	if (!m)
+		m = mbedtls_aes_crypt_cbc(&aes, MBEDTLS_AES_DECRYPT, len, ivc, in, out);
+	mbedtls_aes_free(&aes);
+	padv = out[len - 1];
+	if (m || padv == 0 || padv > 16) {
+		mbedtls_platform_zeroize(out, len);
+		nbe_free(out);
+		return -EBADMSG;
+	}
+	for (size_t i = len - padv; i < len; i++) {
+		if (out[i] != padv) {
+			mbedtls_platform_zeroize(out, len);
+			nbe_free(out);
+			return -EBADMSG;
+		}
+	}
+	*ret = out;
+	*ret_len = len - padv;
+	return 0;
 }

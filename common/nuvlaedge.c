@@ -1,0 +1,224 @@
+#include "nuvlaedge.h"
+
+#include "alloc.h"
+#include "crypto.h"
+#include "fsutil.h"
+#include "ids.h"
+#include "json.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+void nbe_nuvlaedge_identity_clear(struct nbe_nuvlaedge_identity *id)
+{
+	if (!id)
+		return;
+	nbe_free(id->endpoint);
+	nbe_free(id->nuvlabox_id);
+	nbe_free(id->api_key);
+	if (id->api_secret) {
+		explicit_bzero(id->api_secret, strlen(id->api_secret));
+		nbe_free(id->api_secret);
+	}
+	memset(id, 0, sizeof(*id));
+	id->insecure = -1;
+}
+
+static const char *str(cJSON *obj, const char *key)
+{
+	cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+
+	return cJSON_IsString(it) && it->valuestring[0] ? it->valuestring : NULL;
+}
+
+/* Reads @dir/@name as a JSON object. -ENOENT when absent. */
+static int read_json(const char *dir, const char *name, cJSON **ret, char *path, size_t psize,
+		     struct nbe_error *err)
+{
+	char *text = NULL;
+	size_t len;
+	cJSON *j;
+	int r;
+
+	snprintf(path, psize, "%s/%s", dir, name);
+	r = nbe_read_file(path, NBE_NUVLAEDGE_MAX_FILE, &text, &len);
+	if (r == -ENOENT)
+		return r;
+	if (r < 0)
+		return nbe_error_set(err, r, "%s: %s", path,
+				     r == -EFBIG ? "too large" : strerror(-r));
+	j = cJSON_Parse(text);
+	explicit_bzero(text, len);
+	nbe_free(text);
+	if (!cJSON_IsObject(j)) {
+		cJSON_Delete(j);
+		return nbe_error_set(err, -EINVAL,
+				     "%s: not a JSON object (corrupt or partly "
+				     "written); left as it is",
+				     path);
+	}
+	*ret = j;
+	return 0;
+}
+
+/* Decodes irs2 into "<key>:<secret>" and splits it. */
+static int decode_irs2(const char *irs2, const char *nuvlabox_id, char **ret_key, char **ret_secret,
+		       struct nbe_error *err)
+{
+	const char *uuid =
+		strncmp(nuvlabox_id, "nuvlabox/", 9) == 0 ? nuvlabox_id + 9 : nuvlabox_id;
+	unsigned char key[32], *raw = NULL, *plain = NULL;
+	size_t rawlen, plen;
+	char seed[64], *colon;
+	int r;
+
+	snprintf(seed, sizeof(seed), "%s:", uuid);
+	nbe_crypto_sha256(seed, strlen(seed), key);
+	r = nbe_base64_decode(irs2, strlen(irs2), &raw, &rawlen);
+	if (r < 0)
+		return nbe_error_set(err, r, "irs2 is not base64");
+	if (rawlen < 32) {
+		nbe_free(raw);
+		return nbe_error_set(err, -EBADMSG, "irs2 is too short");
+	}
+	r = nbe_crypto_aes256cbc_decrypt(key, raw, raw + 16, rawlen - 16, &plain, &plen);
+	nbe_free(raw);
+	explicit_bzero(key, sizeof(key));
+	if (r < 0)
+		return nbe_error_set(err, r, "irs2 does not decrypt with the key of %s",
+				     nuvlabox_id);
+	colon = memchr(plain, ':', plen);
+	if (!colon || memchr(plain, '\0', plen)) {
+		explicit_bzero(plain, plen);
+		nbe_free(plain);
+		return nbe_error_set(err, -EBADMSG, "irs2 does not hold <key>:<secret>");
+	}
+	*ret_key = nbe_strndup((char *)plain, (size_t)(colon - (char *)plain));
+	*ret_secret = nbe_strndup(colon + 1, plen - (size_t)(colon + 1 - (char *)plain));
+	explicit_bzero(plain, plen);
+	nbe_free(plain);
+	if (!*ret_key || !*ret_secret) {
+		nbe_free(*ret_key);
+		nbe_free(*ret_secret);
+		return nbe_error_set(err, -ENOMEM, "out of memory");
+	}
+	return 0;
+}
+
+static int from_session(cJSON *j, const char *path, struct nbe_nuvlaedge_identity *id,
+			struct nbe_error *err)
+{
+	const char *uuid = str(j, "nuvlaedge-uuid"), *endpoint = str(j, "endpoint");
+	cJSON *creds = cJSON_GetObjectItemCaseSensitive(j, "credentials");
+	cJSON *insecure = cJSON_GetObjectItemCaseSensitive(j, "insecure");
+	const char *irs2 = str(j, "irs2");
+	char *key = NULL, *secret = NULL;
+	int r;
+
+	if (!uuid)
+		return nbe_error_set(err, -EINVAL, "%s: no nuvlaedge-uuid", path);
+	id->nuvlabox_id = nbe_nuvlabox_id_normalize(uuid);
+	if (!id->nuvlabox_id)
+		return nbe_error_set(err, -EINVAL,
+				     "%s: nuvlaedge-uuid '%.64s' is not a nuvlabox id", path, uuid);
+	if (endpoint && !(id->endpoint = nbe_strdup(endpoint)))
+		return nbe_error_set(err, -ENOMEM, "out of memory");
+	if (cJSON_IsBool(insecure))
+		id->insecure = cJSON_IsTrue(insecure);
+	if (cJSON_IsObject(creds) && str(creds, "key") && str(creds, "secret")) {
+		key = nbe_strdup(str(creds, "key"));
+		secret = nbe_strdup(str(creds, "secret"));
+		if (!key || !secret) {
+			nbe_free(key);
+			nbe_free(secret);
+			return nbe_error_set(err, -ENOMEM, "out of memory");
+		}
+	} else if (irs2) {
+		struct nbe_error e2 = { { 0 } };
+		r = decode_irs2(irs2, id->nuvlabox_id, &key, &secret, &e2);
+		if (r < 0)
+			return nbe_error_set(err, r, "%s: %s", path, e2.msg);
+	} else {
+		return 0; /* not activated yet: an identity without a credential */
+	}
+	if (!nbe_href_is(key, "credential")) {
+		nbe_free(key);
+		explicit_bzero(secret, strlen(secret));
+		nbe_free(secret);
+		return nbe_error_set(err, -EINVAL, "%s: the api key is not credential/<uuid>",
+				     path);
+	}
+	id->api_key = key;
+	id->api_secret = secret;
+	return 0;
+}
+
+static int from_legacy(const char *dir, struct nbe_nuvlaedge_identity *id, struct nbe_error *err)
+{
+	char path[600];
+	cJSON *act = NULL, *ctx = NULL;
+	const char *k, *s, *nb;
+	int r, found = 0;
+
+	r = read_json(dir, ".context", &ctx, path, sizeof(path), err);
+	if (r < 0 && r != -ENOENT)
+		return r;
+	if (r == 0) {
+		found = 1;
+		nb = str(ctx, "id");
+		if (nb && !(id->nuvlabox_id = nbe_nuvlabox_id_normalize(nb))) {
+			cJSON_Delete(ctx);
+			return nbe_error_set(err, -EINVAL, "%s: id '%.64s' is not a nuvlabox id",
+					     path, nb);
+		}
+		cJSON_Delete(ctx);
+		snprintf(id->source, sizeof(id->source), "%s", path);
+	}
+	r = read_json(dir, ".activated", &act, path, sizeof(path), err);
+	if (r < 0 && r != -ENOENT)
+		return r;
+	if (r == 0) {
+		found = 1;
+		k = str(act, "api-key");
+		s = str(act, "secret-key");
+		if (!k || !s || !nbe_href_is(k, "credential")) {
+			cJSON_Delete(act);
+			return nbe_error_set(err, -EINVAL, "%s: no api-key and secret-key", path);
+		}
+		id->api_key = nbe_strdup(k);
+		id->api_secret = nbe_strdup(s);
+		cJSON_Delete(act);
+		if (!id->api_key || !id->api_secret)
+			return nbe_error_set(err, -ENOMEM, "out of memory");
+		snprintf(id->source, sizeof(id->source), "%s", path);
+	}
+	return found ? 0 : -ENOENT;
+}
+
+int nbe_nuvlaedge_read(const char *dir, struct nbe_nuvlaedge_identity *ret, struct nbe_error *err)
+{
+	struct nbe_nuvlaedge_identity id = { .insecure = -1 };
+	char path[600];
+	cJSON *j = NULL;
+	int r;
+
+	r = read_json(dir, NBE_NUVLAEDGE_SESSION, &j, path, sizeof(path), err);
+	if (r == 0) {
+		snprintf(id.source, sizeof(id.source), "%s", path);
+		r = from_session(j, path, &id, err);
+		cJSON_Delete(j);
+	} else if (r == -ENOENT) {
+		r = from_legacy(dir, &id, err);
+		if (r == -ENOENT)
+			nbe_error_set(err, r, "%s: no NuvlaEdge session file (%s) nor .activated",
+				      dir, NBE_NUVLAEDGE_SESSION);
+	}
+	if (r < 0) {
+		nbe_nuvlaedge_identity_clear(&id);
+		return r;
+	}
+	*ret = id;
+	return 0;
+}
