@@ -6,6 +6,7 @@
  * short), and the systemd watchdog. With nothing to do it blocks in poll().
  */
 #include "config.h"
+#include "detect.h"
 #include "buffer.h"
 #include "clock.h"
 #include "fsutil.h"
@@ -201,6 +202,7 @@ static void count_round(struct daemon *d)
 {
 	char num[32];
 
+	detect_boot_alive(d->buf, false);
 	d->rounds++;
 	snprintf(num, sizeof(num), "%" PRId64, d->rounds);
 	nbe_buffer_meta_set_lazy(d->buf, "rounds", num, NULL);
@@ -570,6 +572,15 @@ static int setup(struct daemon *d)
 	if (info.reset)
 		log_warning("the buffer was corrupt (%s): moved to %s, %" PRId64 " events salvaged",
 			    info.reason, info.quarantined, info.salvaged);
+	{
+		char name[64];
+		r = detect_boot(d->buf, d->boot_id, d->cfg.timesync_file, name, &err);
+		if (r < 0)
+			log_error("boot detection: %s", err.msg);
+		else if (name[0])
+			log_notice("this is a new boot: recorded %s", name);
+		detect_boot_alive(d->buf, false);
+	}
 	r = open_notify_socket(d);
 	if (r < 0)
 		return EX_IOERR;
@@ -713,8 +724,10 @@ int main(int argc, char **argv)
 	sd(&d, "STATUS=started");
 	loop(&d);
 	sd(&d, "STOPPING=1");
-	if (d.buf)
+	if (d.buf) {
 		upload_save_state(d.buf, "idle", d.fail, d.last_error, 0);
+		detect_boot_alive(d.buf, true);
+	}
 	log_info("stopped");
 	teardown(&d);
 	return EX_OK;

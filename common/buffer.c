@@ -73,6 +73,7 @@ enum stmt_id {
 	ST_PRUNE_SENT,
 	ST_RECOVER,
 	ST_CLEAR_DOUBT,
+	ST_FIND_OPEN,
 	ST__MAX,
 };
 
@@ -142,6 +143,9 @@ static const char *const stmt_sql[ST__MAX] = {
 			  "WHERE state = 1 ORDER BY seq DESC LIMIT 1 OFFSET ?1)",
 	[ST_RECOVER] = "UPDATE events SET in_doubt = 1, next_attempt_ms = ?2 WHERE state = 0 AND "
 		       "seq <= ?1",
+	[ST_FIND_OPEN] = "SELECT " EVENT_COLS " FROM events WHERE name = ?1 AND boot_id = ?2 AND "
+			 "NOT EXISTS (SELECT 1 FROM events c WHERE c.parent_seq = events.seq) "
+			 "ORDER BY seq DESC LIMIT 1",
 	[ST_CLEAR_DOUBT] = "UPDATE events SET in_doubt = 0 WHERE seq = ?1 AND state = 0",
 	[ST_PARENT_STATE] = "SELECT state, server_id, parent, parent_seq, parent_fallback, job "
 			    "FROM events WHERE seq = ?1",
@@ -1048,8 +1052,8 @@ static int append_one(struct nbe_buffer *b, struct nbe_event *ev, struct drop_co
 	return 0;
 }
 
-static int append_batch(struct nbe_buffer *b, struct nbe_event *evs, size_t n,
-			struct nbe_error *err)
+static int append_batch(struct nbe_buffer *b, struct nbe_event *evs, size_t n, const char *key,
+			const char *value, struct nbe_error *err)
 {
 	struct drop_count dc = { 0 };
 	size_t i;
@@ -1066,6 +1070,11 @@ static int append_batch(struct nbe_buffer *b, struct nbe_event *evs, size_t n,
 	r = report_drops(b, &dc, err);
 	if (r < 0)
 		goto err_rollback;
+	if (key) {
+		r = nbe_buffer_meta_set(b, key, value, err);
+		if (r < 0)
+			goto err_rollback;
+	}
 	r = commit(b, err);
 	if (r < 0)
 		goto err_unseq;
@@ -1083,11 +1092,11 @@ err_unseq:
 	return r;
 }
 
-int nbe_buffer_append_batch(struct nbe_buffer *b, struct nbe_event *evs, size_t n,
-			    struct nbe_error *err)
+static int append_checked(struct nbe_buffer *b, struct nbe_event *evs, size_t n, const char *key,
+			  const char *value, struct nbe_error *err)
 {
 	struct nbe_error cerr = { { 0 } };
-	int r = append_batch(b, evs, n, &cerr);
+	int r = append_batch(b, evs, n, key, value, &cerr);
 
 	if (r == -EBADMSG) {
 		/* the append's own queries ran into corruption that the cheap
@@ -1096,11 +1105,23 @@ int nbe_buffer_append_batch(struct nbe_buffer *b, struct nbe_event *evs, size_t 
 		r = quarantine(b, cerr.msg, NULL, err);
 		if (r < 0)
 			return r;
-		return append_batch(b, evs, n, err);
+		return append_batch(b, evs, n, key, value, err);
 	}
 	if (r < 0)
 		nbe_error_set(err, r, "%s", cerr.msg);
 	return r;
+}
+
+int nbe_buffer_append_batch(struct nbe_buffer *b, struct nbe_event *evs, size_t n,
+			    struct nbe_error *err)
+{
+	return append_checked(b, evs, n, NULL, NULL, err);
+}
+
+int nbe_buffer_append_with_meta(struct nbe_buffer *b, struct nbe_event *ev, const char *key,
+				const char *value, struct nbe_error *err)
+{
+	return append_checked(b, ev, 1, key, value, err);
 }
 
 int nbe_buffer_append(struct nbe_buffer *b, struct nbe_event *ev, struct nbe_error *err)
@@ -1570,6 +1591,26 @@ int nbe_buffer_retry_dead(struct nbe_buffer *b, const char *const *refs, size_t 
 		rollback(b);
 	if (r == 0)
 		*ret_n = total;
+	return r;
+}
+
+int nbe_buffer_find_open(struct nbe_buffer *b, const char *name, const char *boot_id,
+			 struct nbe_event *ret, struct nbe_error *err)
+{
+	sqlite3_stmt *st = b->st[ST_FIND_OPEN];
+	int rc, r;
+
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, boot_id, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		r = row_to_event(st, ret) < 0 ? nbe_error_set(err, -ENOMEM, "out of memory") : 0;
+	else if (rc == SQLITE_DONE)
+		r = -ENOENT;
+	else
+		r = db_error(b, rc, err, "looking for an open operation");
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
 	return r;
 }
 

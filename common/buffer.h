@@ -73,6 +73,11 @@ void nbe_buffer_close(struct nbe_buffer *b);
  */
 int nbe_buffer_append(struct nbe_buffer *b, struct nbe_event *ev, struct nbe_error *err);
 
+/* Appends @ev and sets the meta @key to @value in the same transaction:
+ * both or neither (the boot detector records one event per boot). */
+int nbe_buffer_append_with_meta(struct nbe_buffer *b, struct nbe_event *ev, const char *key,
+				const char *value, struct nbe_error *err);
+
 /* Appends @n events in one transaction: all or nothing. */
 int nbe_buffer_append_batch(struct nbe_buffer *b, struct nbe_event *evs, size_t n,
 			    struct nbe_error *err);
@@ -204,6 +209,14 @@ int nbe_buffer_clear_doubt(struct nbe_buffer *b, int64_t seq, struct nbe_error *
  * or not-dead reference. */
 int nbe_buffer_retry_dead(struct nbe_buffer *b, const char *const *refs, size_t n, int64_t *ret_n,
 			  struct nbe_error *err);
+
+/*
+ * The latest event named @name captured in boot @boot_id that no later
+ * event names as its parent (an operation that never completed in that
+ * boot): 0 with @ret filled, -ENOENT when there is none.
+ */
+int nbe_buffer_find_open(struct nbe_buffer *b, const char *name, const char *boot_id,
+			 struct nbe_event *ret, struct nbe_error *err);
 
 /* Runs PRAGMA integrity_check; 0 when it says ok, -EBADMSG otherwise (with
  * the first finding in @err). For tests and `doctor`. */
