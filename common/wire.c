@@ -147,7 +147,11 @@ static cJSON *build_resource_content(const struct nbe_event *ev, const struct nb
 			cJSON_Delete(it); /* validated at capture; never overwrite ours */
 			continue;
 		}
-		cJSON_AddItemToObject(c, it->string, it);
+		if (!cJSON_AddItemToObject(c, it->string, it)) {
+			cJSON_Delete(it);
+			cJSON_Delete(details);
+			goto err;
+		}
 	}
 	cJSON_Delete(details);
 	return c;
@@ -221,7 +225,10 @@ int nbe_wire_build(const struct nbe_event *ev, const struct nbe_wire_ctx *ctx, c
 	rc = build_resource_content(ev, ctx, clock, device_ts);
 	if (!rc)
 		goto err_oom_body;
-	cJSON_AddItemToObject(resource, "content", rc);
+	if (!cJSON_AddItemToObject(resource, "content", rc)) {
+		cJSON_Delete(rc); /* not attached: still ours */
+		goto err_oom_body;
+	}
 	links = cJSON_AddArrayToObject(content, "linked-identifiers");
 	if (!links || build_links(ev, ctx, links) < 0)
 		goto err_oom_body;
