@@ -7,6 +7,7 @@
  */
 #include "config.h"
 #include "detect.h"
+#include "keywatch.h"
 #include "buffer.h"
 #include "clock.h"
 #include "fsutil.h"
@@ -47,7 +48,10 @@
 /* Auth failures back off up to an hour (DESIGN §5). */
 #define AUTH_BACKOFF_CAP_MS (3600 * 1000)
 
-enum { FD_SIGNAL, FD_TIMER, FD_NOTIFY, FD_NET, FD_WATCHDOG, FD_COUNT };
+enum { FD_SIGNAL, FD_TIMER, FD_NOTIFY, FD_NET, FD_WATCHDOG, FD_KEYS, FD_KEYTIMER, FD_COUNT };
+
+/* authorized_keys settle this long after a change before they are read */
+#define KEYS_SETTLE_MS 200
 
 struct daemon {
 	const char *config_path;
@@ -71,6 +75,7 @@ struct daemon {
 	char last_error[512];
 	int64_t sent_total;
 	int64_t rounds;
+	struct keywatch *keys;
 };
 
 static const char *env_get(const char *name)
@@ -321,6 +326,22 @@ static void read_notify(struct daemon *d)
 		} else if (strcmp(data, NBE_NOTIFY_POKE) == 0) {
 			d->work = true; /* a backoff in progress stays in force */
 		}
+	}
+}
+
+static void scan_keys(struct daemon *d)
+{
+	struct nbe_error err = { { 0 } };
+	int n = 0, r;
+
+	if (!d->keys)
+		return;
+	r = keywatch_scan(d->keys, &n, &err);
+	if (r < 0 && err.msg[0])
+		log_warning("ssh keys: %s", err.msg);
+	if (n > 0) {
+		log_info("ssh keys: %d change%s recorded", n, n == 1 ? "" : "s");
+		d->work = true;
 	}
 }
 
@@ -584,6 +605,18 @@ static int setup(struct daemon *d)
 	r = open_notify_socket(d);
 	if (r < 0)
 		return EX_IOERR;
+	if (d->cfg.authorized_keys[0]) {
+		r = keywatch_new(d->buf, d->cfg.authorized_keys, d->boot_id, d->cfg.timesync_file,
+				 &d->keys, &err);
+		if (r < 0) {
+			log_warning("ssh keys are not watched: %s", err.msg);
+		} else {
+			d->fds[FD_KEYS].fd = keywatch_fd(d->keys);
+			d->fds[FD_KEYTIMER].fd =
+				timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+			scan_keys(d); /* changes made while the daemon was not running */
+		}
+	}
 	if (setup_uploader(d) == 0)
 		install_interrupt(d);
 	return 0;
@@ -591,6 +624,8 @@ static int setup(struct daemon *d)
 
 static void teardown(struct daemon *d)
 {
+	keywatch_free(d->keys);
+	d->fds[FD_KEYS].fd = -1; /* closed by keywatch_free() */
 	nbe_uploader_free(d->up);
 	nbe_nuvla_free(d->nuvla);
 	if (d->buf)
@@ -645,6 +680,17 @@ static void loop(struct daemon *d)
 			read_net(d);
 		if (d->fds[FD_WATCHDOG].fd >= 0 && (d->fds[FD_WATCHDOG].revents & POLLIN))
 			watchdog_tick(d);
+		if (d->fds[FD_KEYS].fd >= 0 && (d->fds[FD_KEYS].revents & POLLIN) &&
+		    keywatch_read(d->keys)) {
+			/* editors write in steps: read the files once they settle */
+			struct itimerspec its = { .it_value = { 0, KEYS_SETTLE_MS * 1000000L } };
+			timerfd_settime(d->fds[FD_KEYTIMER].fd, 0, &its, NULL);
+		}
+		if (d->fds[FD_KEYTIMER].fd >= 0 && (d->fds[FD_KEYTIMER].revents & POLLIN)) {
+			uint64_t x;
+			if (read(d->fds[FD_KEYTIMER].fd, &x, sizeof(x)) == (ssize_t)sizeof(x))
+				scan_keys(d);
+		}
 	}
 }
 

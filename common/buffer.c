@@ -74,6 +74,7 @@ enum stmt_id {
 	ST_RECOVER,
 	ST_CLEAR_DOUBT,
 	ST_FIND_OPEN,
+	ST_FIND_OPEN_DETAIL,
 	ST__MAX,
 };
 
@@ -146,6 +147,10 @@ static const char *const stmt_sql[ST__MAX] = {
 	[ST_FIND_OPEN] = "SELECT " EVENT_COLS " FROM events WHERE name = ?1 AND boot_id = ?2 AND "
 			 "NOT EXISTS (SELECT 1 FROM events c WHERE c.parent_seq = events.seq) "
 			 "ORDER BY seq DESC LIMIT 1",
+	[ST_FIND_OPEN_DETAIL] = "SELECT " EVENT_COLS " FROM events WHERE name = ?1 AND "
+				"json_extract(details, '$.' || ?2) = ?3 AND NOT EXISTS (SELECT 1 "
+				"FROM events c WHERE c.parent_seq = events.seq) ORDER BY seq DESC "
+				"LIMIT 1",
 	[ST_CLEAR_DOUBT] = "UPDATE events SET in_doubt = 0 WHERE seq = ?1 AND state = 0",
 	[ST_PARENT_STATE] = "SELECT state, server_id, parent, parent_seq, parent_fallback, job "
 			    "FROM events WHERE seq = ?1",
@@ -1124,6 +1129,12 @@ int nbe_buffer_append_with_meta(struct nbe_buffer *b, struct nbe_event *ev, cons
 	return append_checked(b, ev, 1, key, value, err);
 }
 
+int nbe_buffer_append_batch_with_meta(struct nbe_buffer *b, struct nbe_event *evs, size_t n,
+				      const char *key, const char *value, struct nbe_error *err)
+{
+	return append_checked(b, evs, n, key, value, err);
+}
+
 int nbe_buffer_append(struct nbe_buffer *b, struct nbe_event *ev, struct nbe_error *err)
 {
 	return nbe_buffer_append_batch(b, ev, 1, err);
@@ -1594,14 +1605,11 @@ int nbe_buffer_retry_dead(struct nbe_buffer *b, const char *const *refs, size_t 
 	return r;
 }
 
-int nbe_buffer_find_open(struct nbe_buffer *b, const char *name, const char *boot_id,
-			 struct nbe_event *ret, struct nbe_error *err)
+static int find_open(struct nbe_buffer *b, sqlite3_stmt *st, struct nbe_event *ret,
+		     struct nbe_error *err)
 {
-	sqlite3_stmt *st = b->st[ST_FIND_OPEN];
 	int rc, r;
 
-	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, boot_id, -1, SQLITE_STATIC);
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW)
 		r = row_to_event(st, ret) < 0 ? nbe_error_set(err, -ENOMEM, "out of memory") : 0;
@@ -1612,6 +1620,27 @@ int nbe_buffer_find_open(struct nbe_buffer *b, const char *name, const char *boo
 	sqlite3_reset(st);
 	sqlite3_clear_bindings(st);
 	return r;
+}
+
+int nbe_buffer_find_open(struct nbe_buffer *b, const char *name, const char *boot_id,
+			 struct nbe_event *ret, struct nbe_error *err)
+{
+	sqlite3_stmt *st = b->st[ST_FIND_OPEN];
+
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, boot_id, -1, SQLITE_STATIC);
+	return find_open(b, st, ret, err);
+}
+
+int nbe_buffer_find_open_detail(struct nbe_buffer *b, const char *name, const char *key,
+				const char *value, struct nbe_event *ret, struct nbe_error *err)
+{
+	sqlite3_stmt *st = b->st[ST_FIND_OPEN_DETAIL];
+
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, value, -1, SQLITE_STATIC);
+	return find_open(b, st, ret, err);
 }
 
 int nbe_buffer_setting(struct nbe_buffer *b, const char *name, int64_t *ret, struct nbe_error *err)

@@ -78,6 +78,10 @@ int nbe_buffer_append(struct nbe_buffer *b, struct nbe_event *ev, struct nbe_err
 int nbe_buffer_append_with_meta(struct nbe_buffer *b, struct nbe_event *ev, const char *key,
 				const char *value, struct nbe_error *err);
 
+/* The same for @n events (n may be 0: only the meta key). */
+int nbe_buffer_append_batch_with_meta(struct nbe_buffer *b, struct nbe_event *evs, size_t n,
+				      const char *key, const char *value, struct nbe_error *err);
+
 /* Appends @n events in one transaction: all or nothing. */
 int nbe_buffer_append_batch(struct nbe_buffer *b, struct nbe_event *evs, size_t n,
 			    struct nbe_error *err);
@@ -217,6 +221,11 @@ int nbe_buffer_retry_dead(struct nbe_buffer *b, const char *const *refs, size_t 
  */
 int nbe_buffer_find_open(struct nbe_buffer *b, const char *name, const char *boot_id,
 			 struct nbe_event *ret, struct nbe_error *err);
+
+/* The same, matching a string detail instead of a boot: the latest open
+ * @name event whose details have @key equal to @value. */
+int nbe_buffer_find_open_detail(struct nbe_buffer *b, const char *name, const char *key,
+				const char *value, struct nbe_event *ret, struct nbe_error *err);
 
 /* Runs PRAGMA integrity_check; 0 when it says ok, -EBADMSG otherwise (with
  * the first finding in @err). For tests and `doctor`. */

@@ -103,6 +103,8 @@ class DaemonBase(unittest.TestCase):
             "runtime_dir": os.path.join(self.dir, "run"),
             "request_timeout": "5s",
             "connect_timeout": "2s",
+            # never the machine's own /root/.ssh
+            "authorized_keys": os.path.join(self.dir, "home", ".ssh", "authorized_keys"),
         }
         keys.update(over)
         path = os.path.join(self.dir, "agent.conf")
