@@ -118,6 +118,11 @@ static int wire_for(struct cli *c, struct nbe_buffer *buf, const struct nbe_even
 
 	*ret_body = NULL;
 	note[0] = '\0';
+	if (ev->state == NBE_STATE_SENT && ev->wire) {
+		/* what was posted, not what would be posted now */
+		*ret_body = nbe_strdup(ev->wire);
+		return *ret_body ? 0 : EX_OSERR;
+	}
 	r = nbe_buffer_meta_get(buf, "owner", &owner, &err);
 	if (r == 0)
 		r = nbe_buffer_resolve_parent(buf, ev, &parent, &wait, &err);

@@ -5,6 +5,7 @@
 #include "fsutil.h"
 #include "json.h"
 #include "sshkeys.h"
+#include "watch.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -50,38 +51,6 @@ int keywatch_fd(const struct keywatch *kw)
 	return kw->fd;
 }
 
-/*
- * Watches the file's directory, or, while it does not exist, its nearest
- * existing ancestor (to see it being created). Watching again is harmless:
- * inotify returns the same watch.
- */
-static void arm(struct keywatch *kw, const char *path)
-{
-	char dir[PATH_MAX];
-	char *slash;
-
-	snprintf(dir, sizeof(dir), "%s", path);
-	for (;;) {
-		slash = strrchr(dir, '/');
-		if (!slash)
-			return;
-		if (slash == dir) {
-			dir[1] = '\0';
-		} else {
-			*slash = '\0';
-		}
-		if (inotify_add_watch(kw->fd, dir,
-				      IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE |
-					      IN_CLOSE_WRITE | IN_ATTRIB | IN_DELETE_SELF |
-					      IN_MOVE_SELF | IN_ONLYDIR) >= 0)
-			return;
-		if (errno != ENOENT && errno != ENOTDIR)
-			return;
-		if (strcmp(dir, "/") == 0)
-			return;
-	}
-}
-
 int keywatch_new(struct nbe_buffer *buf, char *const *paths, const char *boot_id,
 		 const char *timesync_file, struct keywatch **ret, struct nbe_error *err)
 {
@@ -107,7 +76,7 @@ int keywatch_new(struct nbe_buffer *buf, char *const *paths, const char *boot_id
 		return nbe_error_set(err, r, "inotify: %s", strerror(-r));
 	}
 	for (int i = 0; kw->paths[i]; i++)
-		arm(kw, kw->paths[i]);
+		watch_path(kw->fd, kw->paths[i]);
 	*ret = kw;
 	return 0;
 err_oom:
@@ -117,15 +86,7 @@ err_oom:
 
 bool keywatch_read(struct keywatch *kw)
 {
-	char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
-	bool any = false;
-
-	for (;;) {
-		ssize_t n = read(kw->fd, buf, sizeof(buf));
-		if (n <= 0)
-			return any || (n < 0 && errno == ENOSPC);
-		any = true;
-	}
+	return watch_drain(kw->fd) == 1;
 }
 
 /* Reads the keys of @path into @set. A missing file holds no keys. */
@@ -332,7 +293,7 @@ int keywatch_scan(struct keywatch *kw, int *ret_events, struct nbe_error *err)
 		struct nbe_error e = { { 0 } };
 		int ri;
 
-		arm(kw, kw->paths[i]); /* its directory may exist now */
+		watch_path(kw->fd, kw->paths[i]); /* its directory may exist now */
 		ri = scan_one(kw, i, ret_events, &e);
 		if (ri < 0 && r == 0) {
 			r = ri;

@@ -1551,7 +1551,7 @@ int nbe_buffer_mark_dead(struct nbe_buffer *b, int64_t seq, const char *reason,
 }
 
 int nbe_buffer_mark_retry(struct nbe_buffer *b, int64_t seq, bool in_doubt, int64_t next_ms,
-			  const char *error, struct nbe_error *err)
+			  const char *error, const char *wire, struct nbe_error *err)
 {
 	sqlite3_stmt *st = b->st[ST_MARK_RETRY];
 
@@ -1559,6 +1559,7 @@ int nbe_buffer_mark_retry(struct nbe_buffer *b, int64_t seq, bool in_doubt, int6
 	bind_text_or_null(st, 2, error);
 	sqlite3_bind_int(st, 3, in_doubt);
 	sqlite3_bind_int64(st, 4, next_ms);
+	bind_text_or_null(st, 5, wire);
 	return update_one(b, st, err, "recording an attempt");
 }
 

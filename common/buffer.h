@@ -200,9 +200,10 @@ int nbe_buffer_mark_dead(struct nbe_buffer *b, int64_t seq, const char *reason,
 			 struct nbe_error *err);
 
 /* Records a failed attempt: the error, whether the outcome is unknown (in
- * doubt: look it up before sending again), and the earliest next attempt. */
+ * doubt: look it up before sending again), the earliest next attempt, and
+ * (in doubt) the body that may have reached the server, or NULL. */
 int nbe_buffer_mark_retry(struct nbe_buffer *b, int64_t seq, bool in_doubt, int64_t next_ms,
-			  const char *error, struct nbe_error *err);
+			  const char *error, const char *wire, struct nbe_error *err);
 
 /* An in-doubt event was looked up and not found on the server: it may be
  * sent again. */

@@ -256,7 +256,7 @@ static int lookup(struct nbe_uploader *up, struct nbe_event *evs, size_t n, bool
 				}
 				acks[nacks].seq = evs[i].seq;
 				acks[nacks].server_id = ids[nacks];
-				acks[nacks].wire = NULL;
+				acks[nacks].wire = evs[i].wire; /* kept when it went in doubt */
 				nacks++;
 				found = true;
 				break;
@@ -440,7 +440,9 @@ static int handle(struct nbe_uploader *up, struct slot *s, struct nbe_ack *acks,
 	take_retry_after(res, r);
 	if (f != NBE_FAIL_AUTH)
 		set_fail(res, f, "%s", msg);
-	return nbe_buffer_mark_retry(up->o.buf, s->seq, in_doubt, in_doubt ? next : 0, msg, err);
+	/* in doubt, the body may be on the server: keep it for `show` */
+	return nbe_buffer_mark_retry(up->o.buf, s->seq, in_doubt, in_doubt ? next : 0, msg,
+				     in_doubt ? s->wire : NULL, err);
 }
 
 /* Processes finished requests in seq order of completion. */
@@ -504,12 +506,16 @@ static int lookup_head(struct nbe_uploader *up, struct nbe_event *q, size_t qn, 
 		       bool *looked, struct nbe_upload_result *res, struct nbe_error *err)
 {
 	size_t n = 0;
-	int64_t wait;
+	int64_t wait, latest = 0;
 	int rc;
 
-	while (n < qn && n < LOOKUP_MAX && q[n].in_doubt)
+	/* every event of the group must be past its own refresh delay */
+	while (n < qn && n < LOOKUP_MAX && q[n].in_doubt) {
+		if (q[n].next_attempt_ms > latest)
+			latest = q[n].next_attempt_ms;
 		n++;
-	wait = q[n - 1].next_attempt_ms - nbe_clock_wall_ms();
+	}
+	wait = latest - nbe_clock_wall_ms();
 	if (wait > up->o.lookup_delay_ms)
 		wait = up->o.lookup_delay_ms; /* a clock step must not stall us */
 	if (wait > 0) {
@@ -645,9 +651,16 @@ static int round_inner(struct nbe_uploader *up, int64_t deadline_ms, nbe_upload_
 		rc = nbe_nuvla_perform(up->o.nuvla, 50, err);
 		if (rc < 0)
 			break;
-		rc = reap(up, &need_login, fn, userdata, res, err);
-		if (rc < 0)
-			break;
+		{
+			int64_t before = res->sent + res->dead;
+			rc = reap(up, &need_login, fn, userdata, res, err);
+			if (rc < 0)
+				break;
+			/* an answer after the new login: the credentials work, so a later
+			 * 403 (the session expired again) earns another login */
+			if (res->sent + res->dead > before && !need_login)
+				relogged = false;
+		}
 		if (need_login || res->fail != NBE_FAIL_NONE)
 			stop = true;
 	}

@@ -928,7 +928,7 @@ static void test_upload_states(void **state)
 
 	/* dead with the server's reason; retry with in-doubt and next time */
 	assert_int_equal(nbe_buffer_mark_dead(b, s[2], "400: bad", &err), 0);
-	assert_int_equal(nbe_buffer_mark_retry(b, s[3], true, 12345, "timeout", &err), 0);
+	assert_int_equal(nbe_buffer_mark_retry(b, s[3], true, 12345, "timeout", NULL, &err), 0);
 	get_ok(b, "4", &ev);
 	assert_true(ev.in_doubt);
 	assert_int_equal(ev.next_attempt_ms, 12345);
