@@ -8,6 +8,7 @@
 #include "config.h"
 #include "detect.h"
 #include "keywatch.h"
+#include "newatch.h"
 #include "buffer.h"
 #include "clock.h"
 #include "fsutil.h"
@@ -48,7 +49,17 @@
 /* Auth failures back off up to an hour (DESIGN §5). */
 #define AUTH_BACKOFF_CAP_MS (3600 * 1000)
 
-enum { FD_SIGNAL, FD_TIMER, FD_NOTIFY, FD_NET, FD_WATCHDOG, FD_KEYS, FD_KEYTIMER, FD_COUNT };
+enum {
+	FD_SIGNAL,
+	FD_TIMER,
+	FD_NOTIFY,
+	FD_NET,
+	FD_WATCHDOG,
+	FD_KEYS,
+	FD_KEYTIMER,
+	FD_NUVLAEDGE,
+	FD_COUNT
+};
 
 /* authorized_keys settle this long after a change before they are read */
 #define KEYS_SETTLE_MS 200
@@ -76,6 +87,7 @@ struct daemon {
 	int64_t sent_total;
 	int64_t rounds;
 	struct keywatch *keys;
+	struct newatch *nuvlaedge;
 };
 
 static const char *env_get(const char *name)
@@ -329,11 +341,28 @@ static void read_notify(struct daemon *d)
 	}
 }
 
-static void scan_keys(struct daemon *d)
+static void scan_nuvlaedge(struct daemon *d)
 {
 	struct nbe_error err = { { 0 } };
 	int n = 0, r;
 
+	if (!d->nuvlaedge)
+		return;
+	r = newatch_scan(d->nuvlaedge, &n, &err);
+	if (r < 0 && err.msg[0])
+		log_warning("NuvlaEdge state: %s", err.msg);
+	if (n > 0) {
+		log_info("NuvlaEdge state: %d change%s recorded", n, n == 1 ? "" : "s");
+		d->work = true;
+	}
+}
+
+static void scan_watched(struct daemon *d)
+{
+	struct nbe_error err = { { 0 } };
+	int n = 0, r;
+
+	scan_nuvlaedge(d);
 	if (!d->keys)
 		return;
 	r = keywatch_scan(d->keys, &n, &err);
@@ -605,6 +634,15 @@ static int setup(struct daemon *d)
 	r = open_notify_socket(d);
 	if (r < 0)
 		return EX_IOERR;
+	r = newatch_new(d->buf, d->cfg.nuvlaedge_dir, d->boot_id, d->cfg.timesync_file,
+			&d->nuvlaedge, &err);
+	if (r < 0)
+		log_warning("NuvlaEdge's state is not watched: %s", err.msg);
+	else
+		d->fds[FD_NUVLAEDGE].fd = newatch_fd(d->nuvlaedge);
+	if (d->fds[FD_KEYTIMER].fd < 0)
+		d->fds[FD_KEYTIMER].fd =
+			timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
 	if (d->cfg.authorized_keys[0]) {
 		r = keywatch_new(d->buf, d->cfg.authorized_keys, d->boot_id, d->cfg.timesync_file,
 				 &d->keys, &err);
@@ -612,11 +650,9 @@ static int setup(struct daemon *d)
 			log_warning("ssh keys are not watched: %s", err.msg);
 		} else {
 			d->fds[FD_KEYS].fd = keywatch_fd(d->keys);
-			d->fds[FD_KEYTIMER].fd =
-				timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
-			scan_keys(d); /* changes made while the daemon was not running */
 		}
 	}
+	scan_watched(d); /* changes made while the daemon was not running (both watchers) */
 	if (setup_uploader(d) == 0)
 		install_interrupt(d);
 	return 0;
@@ -626,6 +662,8 @@ static void teardown(struct daemon *d)
 {
 	keywatch_free(d->keys);
 	d->fds[FD_KEYS].fd = -1; /* closed by keywatch_free() */
+	newatch_free(d->nuvlaedge);
+	d->fds[FD_NUVLAEDGE].fd = -1;
 	nbe_uploader_free(d->up);
 	nbe_nuvla_free(d->nuvla);
 	if (d->buf)
@@ -680,8 +718,12 @@ static void loop(struct daemon *d)
 			read_net(d);
 		if (d->fds[FD_WATCHDOG].fd >= 0 && (d->fds[FD_WATCHDOG].revents & POLLIN))
 			watchdog_tick(d);
-		if (d->fds[FD_KEYS].fd >= 0 && (d->fds[FD_KEYS].revents & POLLIN) &&
-		    keywatch_read(d->keys)) {
+		bool changed = false;
+		if (d->fds[FD_KEYS].fd >= 0 && (d->fds[FD_KEYS].revents & POLLIN))
+			changed = keywatch_read(d->keys);
+		if (d->fds[FD_NUVLAEDGE].fd >= 0 && (d->fds[FD_NUVLAEDGE].revents & POLLIN))
+			changed = newatch_read(d->nuvlaedge) || changed;
+		if (changed) {
 			/* editors write in steps: read the files once they settle */
 			struct itimerspec its = { .it_value = { 0, KEYS_SETTLE_MS * 1000000L } };
 			timerfd_settime(d->fds[FD_KEYTIMER].fd, 0, &its, NULL);
@@ -689,7 +731,7 @@ static void loop(struct daemon *d)
 		if (d->fds[FD_KEYTIMER].fd >= 0 && (d->fds[FD_KEYTIMER].revents & POLLIN)) {
 			uint64_t x;
 			if (read(d->fds[FD_KEYTIMER].fd, &x, sizeof(x)) == (ssize_t)sizeof(x))
-				scan_keys(d);
+				scan_watched(d);
 		}
 	}
 }
