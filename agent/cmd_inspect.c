@@ -151,6 +151,24 @@ static int wire_for(struct cli *c, struct nbe_buffer *buf, const struct nbe_even
 	return r;
 }
 
+/* Whether the device was decommissioned and Nuvla refuses it now: its
+ * pending events can no longer be delivered (they stay, for export). */
+static bool decommissioned(struct nbe_buffer *buf, char **ret_reason)
+{
+	char *reason = NULL, *fail = NULL;
+	bool yes;
+
+	nbe_buffer_meta_get(buf, "decommission", &reason, NULL);
+	nbe_buffer_meta_get(buf, "last_fail", &fail, NULL);
+	yes = reason && fail && strcmp(fail, "auth") == 0;
+	nbe_free(fail);
+	if (ret_reason)
+		*ret_reason = reason;
+	else
+		nbe_free(reason);
+	return yes;
+}
+
 /* ---- list and export ----------------------------------------------------- */
 
 struct list_args {
@@ -159,6 +177,7 @@ struct list_args {
 	bool json;
 	bool lines; /* export: JSON Lines */
 	bool first;
+	bool undeliverable; /* decommissioned and refused: pending ones cannot go */
 	struct cli *c;
 };
 
@@ -188,6 +207,11 @@ static int visit_json(const struct nbe_event *ev, void *userdata)
 
 	if (!o)
 		return -ENOMEM;
+	if (a->undeliverable && ev->state == NBE_STATE_PENDING &&
+	    !cJSON_AddBoolToObject(o, "undeliverable", true)) {
+		cJSON_Delete(o);
+		return -ENOMEM;
+	}
 	s = cJSON_PrintUnformatted(o);
 	cJSON_Delete(o);
 	if (!s)
@@ -228,6 +252,7 @@ static int run_list(struct cli *c, struct list_args *a)
 		return r;
 	a->first = true;
 	a->c = c;
+	a->undeliverable = decommissioned(buf, NULL);
 	if (!a->json && !a->lines)
 		printf("%-6s %-36s %-7s %-8s %-24s %s\n", "SEQ", "ID", "STATE", "SEVERITY",
 		       "CAPTURED", "NAME");
@@ -468,7 +493,8 @@ int cmd_status(struct cli *c, int argc, char **argv)
 	struct nbe_buffer_stats st;
 	struct nbe_error err = { { 0 } };
 	struct nbe_buffer *buf = NULL;
-	char *last_error = NULL, *upload_state = NULL, *next_meta = NULL;
+	char *last_error = NULL, *upload_state = NULL, *next_meta = NULL, *decom = NULL;
+	bool gone = false;
 	int64_t now = nbe_clock_wall_ms(), age = -1, next_in = -1;
 	bool json = false, synced, expired, running;
 	char expiry[NBE_TIMESTAMP_LEN + 1];
@@ -492,6 +518,8 @@ int cmd_status(struct cli *c, int argc, char **argv)
 		r = nbe_buffer_meta_get(buf, "upload_state", &upload_state, &err);
 	if (r == 0)
 		r = nbe_buffer_meta_get(buf, "next_attempt_ms", &next_meta, &err);
+	if (r == 0)
+		gone = decommissioned(buf, &decom);
 	nbe_buffer_close(buf);
 	if (r < 0) {
 		cli_err(c, "%s", err.msg);
@@ -539,6 +567,8 @@ int cmd_status(struct cli *c, int argc, char **argv)
 		    !cJSON_AddNumberToObject(o, "max_events", (double)st.max_events) ||
 		    !cJSON_AddStringToObject(o, "upload_state", upload_state) ||
 		    !cJSON_AddBoolToObject(o, "uploader_running", running) ||
+		    nbe_json_add_str_or_null(o, "decommission", decom) < 0 ||
+		    !cJSON_AddBoolToObject(o, "decommissioned", gone) ||
 		    nbe_json_add_str_or_null(o, "last_error", last_error) < 0 ||
 		    !(next_in >= 0
 			      ? cJSON_AddNumberToObject(o, "next_attempt_in_s", (double)next_in)
@@ -579,6 +609,11 @@ int cmd_status(struct cli *c, int argc, char **argv)
 			printf("next attempt: %s\n", line);
 		}
 		printf("last error:   %s\n", last_error ? last_error : "none");
+		if (decom)
+			printf("decommission: %s%s\n", decom,
+			       gone ? "; Nuvla refuses the device now: pending events stay here "
+				      "and are not sent"
+				    : "");
 		printf("clock:        %s\n", synced ? "synchronised" : "not synchronised");
 		if (expiry[0])
 			printf("client cert:  %s %s%s\n", expired ? "EXPIRED on" : "valid until",
@@ -600,6 +635,7 @@ out:
 	nbe_free(last_error);
 	nbe_free(upload_state);
 	nbe_free(next_meta);
+	nbe_free(decom);
 	return r;
 }
 

@@ -6,6 +6,7 @@
  * short), and the systemd watchdog. With nothing to do it blocks in poll().
  */
 #include "config.h"
+#include "event.h"
 #include "detect.h"
 #include "keywatch.h"
 #include "newatch.h"
@@ -23,6 +24,7 @@
 #include "alloc.h"
 #include "version.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -58,6 +60,7 @@ enum {
 	FD_KEYS,
 	FD_KEYTIMER,
 	FD_NUVLAEDGE,
+	FD_STATECHECK,
 	FD_COUNT
 };
 
@@ -88,6 +91,7 @@ struct daemon {
 	int64_t rounds;
 	struct keywatch *keys;
 	struct newatch *nuvlaedge;
+	bool decommissioned; /* refused after a decommission: retry only when asked */
 };
 
 static const char *env_get(const char *name)
@@ -225,6 +229,8 @@ static void count_round(struct daemon *d)
 	nbe_buffer_meta_set_lazy(d->buf, "rounds", num, NULL);
 }
 
+static void check_decommission(struct daemon *d, const struct nbe_upload_result *res);
+
 /* One round of uploading, and what follows from its outcome. */
 static void do_round(struct daemon *d)
 {
@@ -252,6 +258,7 @@ static void do_round(struct daemon *d)
 	if (res.interrupted)
 		return; /* a signal: the loop handles it */
 	count_round(d);
+	check_decommission(d, &res);
 	d->sent_total += res.sent + res.found;
 	if (res.sent + res.found + res.dead > 0)
 		log_debug("sent %" PRId64 ", found %" PRId64 ", dead-lettered %" PRId64, res.sent,
@@ -273,6 +280,14 @@ static void do_round(struct daemon *d)
 		d->work = false;
 		d->next_attempt = 0;
 		disarm_timer(d);
+		if (d->fds[FD_STATECHECK].fd >= 0) {
+			/* ask the server for the nuvlabox's state now and then */
+			struct itimerspec its = { 0 };
+			its.it_value.tv_sec = (time_t)(d->cfg.state_check_interval_ms / 1000);
+			its.it_value.tv_nsec =
+				(long)(d->cfg.state_check_interval_ms % 1000) * 1000000L;
+			timerfd_settime(d->fds[FD_STATECHECK].fd, 0, &its, NULL);
+		}
 		nbe_buffer_checkpoint(d->buf, NULL); /* the WAL cannot grow without bound */
 		save_state(d, "idle", 0);
 		sd(d, "STATUS=idle, %" PRId64 " events sent since start", d->sent_total);
@@ -297,12 +312,98 @@ static void do_round(struct daemon *d)
 		if (wait > AUTH_BACKOFF_CAP_MS)
 			wait = AUTH_BACKOFF_CAP_MS;
 	}
+	if (d->decommissioned) {
+		/* the credential is gone for good: keep the events, stop trying
+		 * until asked (flush, reload) */
+		d->work = false;
+		disarm_timer(d);
+		snprintf(d->last_error, sizeof(d->last_error),
+			 "decommissioned: Nuvla no longer accepts this device's credential; events "
+			 "stay buffered and are not sent");
+		save_state(d, "auth-failed", 0);
+		sd(d, "STATUS=decommissioned; not uploading");
+		return;
+	}
 	d->work = true;
 	d->next_attempt = nbe_clock_monotonic_ms() + wait;
 	arm_timer(d, wait);
 	save_state(d, nbe_upload_state_for(res.fail), nbe_clock_wall_ms() + wait);
 	sd(d, "STATUS=%s, next attempt in %" PRId64 " s: %s", nbe_upload_state_for(res.fail),
 	   (wait + 999) / 1000, res.error);
+}
+
+static char *meta_str(struct daemon *d, const char *key)
+{
+	char *v = NULL;
+
+	nbe_buffer_meta_get(d->buf, key, &v, NULL);
+	return v;
+}
+
+/* Records nuvlabox.decommission once, with why we think so. */
+static void record_decommission(struct daemon *d, const char *state, const char *reason)
+{
+	struct nbe_event_input in = { .name = "nuvlabox.decommission", .severity = "high" };
+	struct nbe_event ev = { 0 };
+	struct nbe_error err = { { 0 } };
+	cJSON *det = cJSON_CreateObject();
+	char *details = NULL;
+	int r;
+
+	if (!det || (state && !cJSON_AddStringToObject(det, "server-state", state)) ||
+	    !cJSON_AddStringToObject(det, "reason", reason) ||
+	    !(details = cJSON_PrintUnformatted(det))) {
+		cJSON_Delete(det);
+		log_error("decommission: out of memory");
+		return;
+	}
+	cJSON_Delete(det);
+	in.details_json = details;
+	r = nbe_event_init_capture(&ev, &in, nbe_clock_wall_ms(), nbe_clock_boottime_ms(),
+				   d->boot_id, nbe_clock_synced(d->cfg.timesync_file), &err);
+	if (r == 0)
+		r = nbe_buffer_append_with_meta(d->buf, &ev, "decommission", reason, &err);
+	nbe_event_clear(&ev);
+	nbe_free(details);
+	if (r < 0) {
+		log_error("recording the decommission: %s", err.msg);
+		return;
+	}
+	log_warning("the device is being decommissioned (%s): recorded; uploading all that is "
+		    "buffered while the credential may still work",
+		    reason);
+	d->work = true;
+	d->next_attempt = 0;
+}
+
+/*
+ * After a round: what the server says of the nuvlabox, and what a refused
+ * login means for a commissioned device (DESIGN §6.2 decommission).
+ */
+static void check_decommission(struct daemon *d, const struct nbe_upload_result *res)
+{
+	const char *state = d->up ? nbe_uploader_nuvlabox_state(d->up) : NULL;
+	char *known = meta_str(d, "nuvlabox_state"), *done = meta_str(d, "decommission");
+
+	if (state && (!known || strcmp(known, state) != 0)) {
+		nbe_buffer_meta_set_lazy(d->buf, "nuvlabox_state", state, NULL);
+		log_info("the nuvlabox is %s", state);
+	}
+	if (!done && state &&
+	    (strcmp(state, "DECOMMISSIONING") == 0 || strcmp(state, "DECOMMISSIONED") == 0)) {
+		char reason[64];
+		snprintf(reason, sizeof(reason), "the server reports %s", state);
+		record_decommission(d, state, reason);
+	} else if (!done && res->fail == NBE_FAIL_AUTH && known &&
+		   (strcmp(known, "COMMISSIONED") == 0 || strcmp(known, "DECOMMISSIONING") == 0)) {
+		record_decommission(d, known,
+				    "Nuvla refused the credential of a commissioned device");
+	}
+	nbe_free(done);
+	done = meta_str(d, "decommission");
+	d->decommissioned = done && res->fail == NBE_FAIL_AUTH;
+	nbe_free(done);
+	nbe_free(known);
 }
 
 /* Reads the notify socket: who may poke us, and what they want. */
@@ -335,6 +436,7 @@ static void read_notify(struct daemon *d)
 			log_info("flush requested by pid %ld", (long)cred->pid);
 			d->work = true;
 			d->next_attempt = 0; /* now, whatever the backoff */
+			d->decommissioned = false;
 		} else if (strcmp(data, NBE_NOTIFY_POKE) == 0) {
 			d->work = true; /* a backoff in progress stays in force */
 		}
@@ -569,6 +671,7 @@ static int setup(struct daemon *d)
 	sigprocmask(SIG_BLOCK, &mask, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	d->fds[FD_SIGNAL].fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+	d->fds[FD_STATECHECK].fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
 	d->fds[FD_TIMER].fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
 	if (d->fds[FD_SIGNAL].fd < 0 || d->fds[FD_TIMER].fd < 0) {
 		log_error("signalfd/timerfd: %s", strerror(errno));
@@ -714,6 +817,17 @@ static void loop(struct daemon *d)
 		}
 		if (d->fds[FD_NOTIFY].revents & POLLIN)
 			read_notify(d);
+		if (d->fds[FD_STATECHECK].fd >= 0 && (d->fds[FD_STATECHECK].revents & POLLIN)) {
+			uint64_t x;
+			if (read(d->fds[FD_STATECHECK].fd, &x, sizeof(x)) == (ssize_t)sizeof(x) &&
+			    d->up && !d->decommissioned) {
+				nbe_uploader_check_state(d->up);
+				if (!d->work) {
+					d->work = true;
+					d->next_attempt = 0;
+				}
+			}
+		}
 		if (d->fds[FD_NET].fd >= 0 && (d->fds[FD_NET].revents & POLLIN))
 			read_net(d);
 		if (d->fds[FD_WATCHDOG].fd >= 0 && (d->fds[FD_WATCHDOG].revents & POLLIN))

@@ -62,6 +62,8 @@ static const struct key_def keys[] = {
 	{ "connect_timeout", T_DURATION, OFF(connect_timeout_ms), 100, 3600 * 1000 },
 	{ "busy_timeout", T_DURATION, OFF(busy_timeout_ms), 0, 3600 * 1000 },
 	{ "lookup_delay", T_DURATION, OFF(lookup_delay_ms), 0, 3600 * 1000 },
+	{ "state_check_interval", T_DURATION, OFF(state_check_interval_ms), 1000,
+	  7 * 24 * 3600 * 1000LL },
 	{ "max_in_flight", T_INT, OFF(max_in_flight), 1, 64 },
 	{ "authorized_keys", T_PATHLIST, OFF(authorized_keys), 0, 0 },
 	{ "log_level", T_LOGLEVEL, OFF(log_level), 0, 0 },
@@ -320,6 +322,7 @@ int nbe_config_defaults(struct nbe_config *cfg, nbe_getenv_fn getenv_fn)
 	cfg->connect_timeout_ms = 10 * 1000;
 	cfg->busy_timeout_ms = 5 * 1000;
 	cfg->lookup_delay_ms = 2 * 1000;
+	cfg->state_check_interval_ms = 3600 * 1000;
 	cfg->max_in_flight = 8;
 	cfg->log_level = NBE_LOG_INFO;
 	if (set_string(&cfg->endpoint, "https://nuvla.io") < 0 ||

@@ -45,6 +45,7 @@ struct nbe_config {
 	int64_t connect_timeout_ms;
 	int64_t busy_timeout_ms;
 	int64_t lookup_delay_ms;
+	int64_t state_check_interval_ms;
 	int64_t max_in_flight;
 	char *authorized_keys[NBE_CONFIG_MAX_KEYS_FILES]; /* NULL-terminated */
 	enum nbe_log_level log_level;

@@ -35,7 +35,8 @@ struct nbe_uploader {
 	struct nbe_uploader_opts o;
 	char *nuvlabox_id, *api_key, *api_secret, *agent_version, *boot_id, *timesync_file;
 	char *owner;
-	bool owner_tried;
+	bool need_doc;	/* read the nuvlabox document (owner, state) this round */
+	char state[32]; /* the nuvlabox's state as last read, "" if never */
 	bool recovered;
 	int64_t mark;
 	unsigned failures; /* consecutive failed rounds, for the backoff */
@@ -106,6 +107,7 @@ static void take_retry_after(struct nbe_upload_result *res, const struct nbe_htt
 
 static int login(struct nbe_uploader *up, struct nbe_upload_result *res, struct nbe_error *err)
 {
+	up->need_doc = true; /* the state is checked on every login */
 	struct nbe_http_response r = { 0 };
 	enum nbe_upload_fail f;
 	int rc = nbe_nuvla_login(up->o.nuvla, up->api_key, up->api_secret, &r, err);
@@ -121,19 +123,27 @@ static int login(struct nbe_uploader *up, struct nbe_upload_result *res, struct 
 	return 0;
 }
 
-static int ensure_owner(struct nbe_uploader *up, bool *relogged, struct nbe_upload_result *res,
-			struct nbe_error *err)
+/*
+ * Reads the nuvlabox document: its owner (cached in the buffer, for the ACL)
+ * and its state (for decommission detection). Once per session and when
+ * asked (nbe_uploader_check_state()); a failure to read it stops the round
+ * only when the server could not be reached.
+ */
+static int read_nuvlabox(struct nbe_uploader *up, bool *relogged, struct nbe_upload_result *res,
+			 struct nbe_error *err)
 {
 	struct nbe_http_response r = { 0 };
 	char path[160];
-	cJSON *doc, *owner;
+	cJSON *doc, *owner, *state;
 	int rc;
 
-	if (up->owner || up->owner_tried)
+	if (!up->owner) {
+		rc = nbe_buffer_meta_get(up->o.buf, "owner", &up->owner, err);
+		if (rc < 0)
+			return rc;
+	}
+	if (!up->need_doc)
 		return 0;
-	rc = nbe_buffer_meta_get(up->o.buf, "owner", &up->owner, err);
-	if (rc < 0 || up->owner)
-		return rc;
 	snprintf(path, sizeof(path), "/api/%s", up->nuvlabox_id);
 	for (;;) {
 		rc = nbe_nuvla_request(up->o.nuvla, "GET", path, NULL, &r, err);
@@ -152,7 +162,11 @@ static int ensure_owner(struct nbe_uploader *up, bool *relogged, struct nbe_uplo
 	if (r.cls == NBE_HTTP_OK) {
 		doc = cJSON_Parse(r.body ? r.body : "");
 		owner = cJSON_GetObjectItemCaseSensitive(doc, "owner");
-		if (cJSON_IsString(owner) && nbe_principal_valid(owner->valuestring)) {
+		state = cJSON_GetObjectItemCaseSensitive(doc, "state");
+		if (cJSON_IsString(state) && strlen(state->valuestring) < sizeof(up->state))
+			snprintf(up->state, sizeof(up->state), "%s", state->valuestring);
+		if (!up->owner && cJSON_IsString(owner) &&
+		    nbe_principal_valid(owner->valuestring)) {
 			up->owner = nbe_strdup(owner->valuestring);
 			if (!up->owner)
 				rc = nbe_error_set(err, -ENOMEM, "out of memory");
@@ -160,9 +174,9 @@ static int ensure_owner(struct nbe_uploader *up, bool *relogged, struct nbe_uplo
 				rc = nbe_buffer_meta_set(up->o.buf, "owner", up->owner, err);
 		}
 		cJSON_Delete(doc);
-		up->owner_tried = true;
+		up->need_doc = false;
 	} else if (r.cls == NBE_HTTP_NUVLA_ERROR && r.status >= 400 && r.status < 500) {
-		up->owner_tried = true; /* not allowed to read it: events carry no owner */
+		up->need_doc = false; /* not allowed to read it: events carry no owner */
 	} else {
 		take_retry_after(res, &r);
 		set_fail(res, request_fail(&r), "reading %s: %s", up->nuvlabox_id, r.message);
@@ -563,7 +577,7 @@ static int round_inner(struct nbe_uploader *up, int64_t deadline_ms, nbe_upload_
 			return rc;
 		relogged = true;
 	}
-	rc = ensure_owner(up, &relogged, res, err);
+	rc = read_nuvlabox(up, &relogged, res, err);
 	if (rc < 0 || res->fail != NBE_FAIL_NONE)
 		return rc;
 
@@ -714,6 +728,16 @@ int nbe_uploader_round(struct nbe_uploader *up, int64_t deadline_ms, nbe_upload_
 	return 0;
 }
 
+const char *nbe_uploader_nuvlabox_state(const struct nbe_uploader *up)
+{
+	return up->state[0] ? up->state : NULL;
+}
+
+void nbe_uploader_check_state(struct nbe_uploader *up)
+{
+	up->need_doc = true;
+}
+
 int64_t nbe_uploader_backoff_ms(struct nbe_uploader *up, const struct nbe_upload_result *res)
 {
 	int64_t ceiling;
@@ -782,6 +806,7 @@ int nbe_uploader_new(const struct nbe_uploader_opts *opts, struct nbe_uploader *
 #undef DUP
 	if (!up->agent_version || !up->boot_id)
 		goto err_oom;
+	up->need_doc = true;
 	*ret = up;
 	return 0;
 err_oom:

@@ -72,6 +72,12 @@ typedef void (*nbe_upload_progress_fn)(void *userdata, int64_t sent, int64_t dea
 int nbe_uploader_round(struct nbe_uploader *up, int64_t deadline_ms, nbe_upload_progress_fn fn,
 		       void *userdata, struct nbe_upload_result *res, struct nbe_error *err);
 
+/* The nuvlabox's state ("COMMISSIONED", "DECOMMISSIONING", ...) as last
+ * read from the server, or NULL. It is read after every login and after
+ * nbe_uploader_check_state() asks for it (at the next round). */
+const char *nbe_uploader_nuvlabox_state(const struct nbe_uploader *up);
+void nbe_uploader_check_state(struct nbe_uploader *up);
+
 /*
  * How long to wait before the next round after @res: the server's
  * Retry-After when it gave one, else full jitter, a random time in
