@@ -1,8 +1,8 @@
 /*
  * netwatch: rtnetlink notifications that the network may have come back: a
  * new global address, a new route in the main table, or a link going up
- * (running, carrier). Link-local addresses and local routes do not count. The daemon uses them to cut
- * a backoff short instead of polling.
+ * (running, carrier). Link-local addresses and local routes do not count. The daemon uses them to
+ * cut a backoff short instead of polling.
  */
 #ifndef NBE_PLATFORM_NETWATCH_H
 #define NBE_PLATFORM_NETWATCH_H
