@@ -28,7 +28,9 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <grp.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -92,6 +94,8 @@ struct daemon {
 	struct keywatch *keys;
 	struct newatch *nuvlaedge;
 	bool decommissioned; /* refused after a decommission: retry only when asked */
+	int64_t auth_failures;
+	bool fail_network; /* the last failure had no HTTP answer */
 };
 
 static const char *env_get(const char *name)
@@ -111,6 +115,11 @@ static void sd(struct daemon *d, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	/* one assignment per message: a server's text must not add others */
+	for (char *p = msg; *p; p++) {
+		if ((unsigned char)*p < 0x20)
+			*p = ' ';
+	}
 	nbe_sd_notify(d->sd_socket, msg);
 }
 
@@ -206,11 +215,14 @@ static void watchdog_tick(struct daemon *d)
  * and stop at once when a signal arrived. */
 static bool interrupt_check(void *userdata)
 {
-	struct daemon *d = userdata;
-	struct pollfd p = { .fd = d->fds[FD_SIGNAL].fd, .events = POLLIN };
+	sigset_t pending;
 
-	watchdog_tick(d);
-	return poll(&p, 1, 0) == 1;
+	watchdog_tick(userdata);
+	/* only a stop request interrupts: a reload waits for the round's end
+	 * (abandoning a window costs lookups, and a refused reload keeps going) */
+	if (sigpending(&pending) != 0)
+		return false;
+	return sigismember(&pending, SIGTERM) == 1 || sigismember(&pending, SIGINT) == 1;
 }
 
 static void save_state(struct daemon *d, const char *state, int64_t next_wall_ms)
@@ -241,7 +253,13 @@ static void do_round(struct daemon *d)
 	int r;
 
 	if (!d->up) {
+		/* not configured: say so to a waiting flush */
 		d->work = false;
+		d->fail = NBE_FAIL_CONFIG;
+		snprintf(d->last_error, sizeof(d->last_error),
+			 "the configuration is incomplete or wrong (see the daemon's log)");
+		save_state(d, "offline", 0);
+		count_round(d);
 		return;
 	}
 	sd(d, "STATUS=uploading");
@@ -250,6 +268,8 @@ static void do_round(struct daemon *d)
 	if (r < 0) {
 		/* the buffer itself failed (disk full, I/O): keep running, retry */
 		log_error("uploading: %s", err.msg);
+		snprintf(d->last_error, sizeof(d->last_error), "%s", err.msg);
+		save_state(d, "backoff", nbe_clock_wall_ms() + d->cfg.retry_cap_ms);
 		count_round(d);
 		d->next_attempt = nbe_clock_monotonic_ms() + d->cfg.retry_cap_ms;
 		arm_timer(d, d->cfg.retry_cap_ms);
@@ -257,7 +277,6 @@ static void do_round(struct daemon *d)
 	}
 	if (res.interrupted)
 		return; /* a signal: the loop handles it */
-	count_round(d);
 	check_decommission(d, &res);
 	d->sent_total += res.sent + res.found;
 	if (res.sent + res.found + res.dead > 0)
@@ -273,8 +292,14 @@ static void do_round(struct daemon *d)
 			log_notice("uploading again after: %s", d->last_error);
 		d->fail = NBE_FAIL_NONE;
 		if (nbe_buffer_stats(d->buf, &st, &err) == 0 && st.pending > 0) {
-			d->work = true; /* more arrived, or the slice ran out */
+			d->work = true; /* more arrived, the slice ran out, or lookups wait */
 			d->next_attempt = 0;
+			if (res.not_before_ms > 0) {
+				d->next_attempt = nbe_clock_monotonic_ms() + res.not_before_ms;
+				arm_timer(d, res.not_before_ms);
+			}
+			save_state(d, "uploading", 0);
+			count_round(d);
 			return;
 		}
 		d->work = false;
@@ -290,6 +315,7 @@ static void do_round(struct daemon *d)
 		}
 		nbe_buffer_checkpoint(d->buf, NULL); /* the WAL cannot grow without bound */
 		save_state(d, "idle", 0);
+		count_round(d);
 		sd(d, "STATUS=idle, %" PRId64 " events sent since start", d->sent_total);
 		return;
 	}
@@ -301,16 +327,24 @@ static void do_round(struct daemon *d)
 	else
 		log_debug("still %s: %s", nbe_upload_state_for(res.fail), res.error);
 	d->fail = res.fail;
+	d->fail_network = res.network;
 	snprintf(d->last_error, sizeof(d->last_error), "%s", res.error);
+	d->auth_failures = res.fail == NBE_FAIL_AUTH || res.fail == NBE_FAIL_GATEWAY
+				   ? d->auth_failures + 1
+				   : 0;
 	wait = nbe_uploader_backoff_ms(d->up, &res);
 	if (res.fail == NBE_FAIL_AUTH || res.fail == NBE_FAIL_GATEWAY ||
 	    res.fail == NBE_FAIL_ENDPOINT || res.fail == NBE_FAIL_CONFIG) {
-		/* nothing will change soon on its own: back off longer, up to an hour */
-		int64_t floor = d->cfg.retry_cap_ms;
-		if (wait < floor)
-			wait = floor;
-		if (wait > AUTH_BACKOFF_CAP_MS)
-			wait = AUTH_BACKOFF_CAP_MS;
+		/* nothing will change soon on its own: back off longer, up to an
+		 * hour, jittered so a fleet does not retry in step */
+		int64_t floor = d->cfg.retry_cap_ms, ceiling = floor;
+		for (int64_t i = 1; i < d->auth_failures && ceiling < AUTH_BACKOFF_CAP_MS; i++)
+			ceiling *= 2;
+		if (ceiling > AUTH_BACKOFF_CAP_MS)
+			ceiling = AUTH_BACKOFF_CAP_MS;
+		if (floor > ceiling)
+			floor = ceiling;
+		wait = floor + (int64_t)nbe_random_below((uint64_t)(ceiling - floor) + 1);
 	}
 	if (d->decommissioned) {
 		/* the credential is gone for good: keep the events, stop trying
@@ -321,13 +355,24 @@ static void do_round(struct daemon *d)
 			 "decommissioned: Nuvla no longer accepts this device's credential; events "
 			 "stay buffered and are not sent");
 		save_state(d, "auth-failed", 0);
+		count_round(d);
 		sd(d, "STATUS=decommissioned; not uploading");
+		return;
+	}
+	if (nbe_buffer_stats(d->buf, &st, &err) == 0 && st.pending == 0) {
+		/* only a state check failed: nothing waits to be sent, so no
+		 * retries (the next check or a new event tries again) */
+		d->work = false;
+		disarm_timer(d);
+		save_state(d, nbe_upload_state_for(res.fail), 0);
+		count_round(d);
 		return;
 	}
 	d->work = true;
 	d->next_attempt = nbe_clock_monotonic_ms() + wait;
 	arm_timer(d, wait);
 	save_state(d, nbe_upload_state_for(res.fail), nbe_clock_wall_ms() + wait);
+	count_round(d);
 	sd(d, "STATUS=%s, next attempt in %" PRId64 " s: %s", nbe_upload_state_for(res.fail),
 	   (wait + 999) / 1000, res.error);
 }
@@ -394,16 +439,32 @@ static void check_decommission(struct daemon *d, const struct nbe_upload_result 
 		char reason[64];
 		snprintf(reason, sizeof(reason), "the server reports %s", state);
 		record_decommission(d, state, reason);
-	} else if (!done && res->fail == NBE_FAIL_AUTH && known &&
+	} else if (!done && res->fail == NBE_FAIL_AUTH && res->login_refused && known &&
 		   (strcmp(known, "COMMISSIONED") == 0 || strcmp(known, "DECOMMISSIONING") == 0)) {
 		record_decommission(d, known,
 				    "Nuvla refused the credential of a commissioned device");
 	}
 	nbe_free(done);
 	done = meta_str(d, "decommission");
-	d->decommissioned = done && res->fail == NBE_FAIL_AUTH;
+	d->decommissioned = done && res->fail == NBE_FAIL_AUTH && res->login_refused;
 	nbe_free(done);
 	nbe_free(known);
+}
+
+/* Whether @uid is a member of the daemon's group by a supplementary group. */
+static bool in_our_group(uid_t uid)
+{
+	struct passwd *pw = getpwuid(uid);
+	gid_t groups[64];
+	int n = 64;
+
+	if (!pw || getgrouplist(pw->pw_name, pw->pw_gid, groups, &n) < 0)
+		return false;
+	for (int i = 0; i < n; i++) {
+		if (groups[i] == getegid())
+			return true;
+	}
+	return false;
 }
 
 /* Reads the notify socket: who may poke us, and what they want. */
@@ -428,7 +489,8 @@ static void read_notify(struct daemon *d)
 				cred = (struct ucred *)CMSG_DATA(cm);
 		}
 		/* only root, our own user, or members of our group may poke us */
-		if (!cred || (cred->uid != 0 && cred->uid != geteuid() && cred->gid != getegid())) {
+		if (!cred || (cred->uid != 0 && cred->uid != geteuid() && cred->gid != getegid() &&
+			      !in_our_group(cred->uid))) {
 			log_debug("ignoring a message from uid %ld", cred ? (long)cred->uid : -1L);
 			continue;
 		}
@@ -483,7 +545,9 @@ static void read_net(struct daemon *d)
 
 	if (r <= 0 || !d->work || d->next_attempt <= now)
 		return;
-	if (d->fail != NBE_FAIL_CONNECT && d->fail != NBE_FAIL_RETRYABLE)
+	/* only failures no server answered: a server's Retry-After or 5xx
+	 * backoff is not about our network */
+	if (!d->fail_network)
 		return;
 	/* the network may be back: retry soon, not at the end of a long backoff */
 	soon = now + (int64_t)nbe_random_below(NET_UP_JITTER_MS);
@@ -734,9 +798,6 @@ static int setup(struct daemon *d)
 			log_notice("this is a new boot: recorded %s", name);
 		detect_boot_alive(d->buf, false);
 	}
-	r = open_notify_socket(d);
-	if (r < 0)
-		return EX_IOERR;
 	r = newatch_new(d->buf, d->cfg.nuvlaedge_dir, d->boot_id, d->cfg.timesync_file,
 			&d->nuvlaedge, &err);
 	if (r < 0)
@@ -756,6 +817,10 @@ static int setup(struct daemon *d)
 		}
 	}
 	scan_watched(d); /* changes made while the daemon was not running (both watchers) */
+	/* last: producers and flush find the socket once the daemon is ready */
+	r = open_notify_socket(d);
+	if (r < 0)
+		return EX_IOERR;
 	if (setup_uploader(d) == 0)
 		install_interrupt(d);
 	return 0;

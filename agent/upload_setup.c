@@ -80,6 +80,7 @@ int upload_setup(const struct nbe_config *cfg, struct nbe_buffer *buf, const cha
 	uo.retry_base_ms = cfg->retry_base_ms;
 	uo.retry_cap_ms = cfg->retry_cap_ms;
 	uo.lookup_delay_ms = cfg->lookup_delay_ms;
+	uo.request_timeout_ms = cfg->request_timeout_ms;
 	uo.max_in_flight = (int)cfg->max_in_flight;
 	r = nbe_uploader_new(&uo, ret_up, err);
 	if (r < 0) {

@@ -13,6 +13,7 @@
 #include <strings.h>
 #include <time.h>
 #include <sys/socket.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #define COOKIE_FILE_MAX (64 * 1024)
@@ -22,6 +23,7 @@ struct transfer {
 	CURL *easy;
 	struct curl_slist *headers;
 	char *req_body;
+	size_t req_len, req_off; /* how much of the body libcurl has read */
 	char *resp;
 	size_t resp_len, resp_cap;
 	bool too_big;
@@ -96,6 +98,11 @@ long nbe_nuvla_parse_error(const char *body, char *out, size_t out_size)
 	if (cJSON_IsNumber(status) && cJSON_IsString(msg)) {
 		s = (long)status->valuedouble;
 		snprintf(out, out_size, "%s", msg->valuestring);
+		/* one printable line: it goes into logs, status and sd_notify */
+		for (char *p = out; *p; p++) {
+			if ((unsigned char)*p < 0x20 || *p == 0x7f)
+				*p = ' ';
+		}
 	}
 out:
 	cJSON_Delete(j);
@@ -144,6 +151,34 @@ static void gateway_reason(const char *body, char *out, size_t size)
 		if ((unsigned char)*p < 0x20 || *p == 0x7f)
 			*p = ' ';
 	}
+}
+
+/* The request body, handed to libcurl piece by piece. */
+static size_t on_read(char *buf, size_t size, size_t nmemb, void *userdata)
+{
+	struct transfer *t = userdata;
+	size_t n = size * nmemb, left = t->req_len - t->req_off;
+
+	if (n > left)
+		n = left;
+	memcpy(buf, t->req_body + t->req_off, n);
+	t->req_off += n;
+	return n;
+}
+
+/*
+ * libcurl rewinds a body to send it again, for instance on a fresh
+ * connection after a reused one died ("retrying"). Once any of it went out
+ * that would be a second POST the agent never sees: refuse, and the
+ * transfer fails with CURLE_SEND_FAIL_REWIND (in doubt, looked up later).
+ */
+static int on_seek(void *userdata, curl_off_t offset, int origin)
+{
+	struct transfer *t = userdata;
+
+	if (origin == SEEK_SET && offset == 0 && t->req_off == 0)
+		return CURL_SEEKFUNC_OK;
+	return CURL_SEEKFUNC_FAIL;
 }
 
 static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
@@ -229,6 +264,7 @@ static bool connect_phase_error(CURLcode c)
 	case CURLE_SSL_ENGINE_SETFAILED:
 	case CURLE_SSL_CRL_BADFILE:
 	case CURLE_SSL_INVALIDCERTSTATUS:
+	case CURLE_SSL_CLIENTCERT: /* the server refused our certificate in the handshake */
 		return true;
 	default:
 		return false;
@@ -249,7 +285,11 @@ static void classify(struct transfer *t, CURLcode result, struct nbe_http_respon
 
 	if (result != CURLE_OK) {
 		const char *detail = t->errbuf[0] ? t->errbuf : curl_easy_strerror(result);
-		if (t->too_big) {
+		if (result == CURLE_SEND_FAIL_REWIND) {
+			r->cls = NBE_HTTP_IN_DOUBT;
+			snprintf(r->message, sizeof(r->message),
+				 "the connection died after the request went out (not re-sent)");
+		} else if (t->too_big) {
 			r->cls = NBE_HTTP_IN_DOUBT;
 			snprintf(r->message, sizeof(r->message),
 				 "response larger than %zu bytes (HTTP %ld)", t->n->max_body,
@@ -274,7 +314,9 @@ static void classify(struct transfer *t, CURLcode result, struct nbe_http_respon
 	{
 		char msg[400];
 		long s = nbe_nuvla_parse_error(r->body, msg, sizeof(msg));
-		if (s > 0) {
+		/* another JSON error (a gateway's) is not Nuvla's: its status must
+		 * be the answer's */
+		if (s == status) {
 			r->cls = NBE_HTTP_NUVLA_ERROR;
 			snprintf(r->message, sizeof(r->message), "%ld %s", status, msg);
 		} else {
@@ -298,6 +340,8 @@ static int on_sockopt(void *userdata, curl_socket_t fd, curlsocktype purpose)
 	(void)userdata;
 	(void)purpose;
 	setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+	/* a child the agent starts (a job's command) must not inherit it */
+	fcntl(fd, F_SETFD, FD_CLOEXEC);
 	return CURL_SOCKOPT_OK;
 }
 
@@ -337,6 +381,8 @@ static void transfer_free(struct transfer *t)
 		curl_easy_cleanup(t->easy);
 	}
 	curl_slist_free_all(t->headers);
+	if (t->req_body) /* the login body holds the api secret */
+		explicit_bzero(t->req_body, strlen(t->req_body));
 	nbe_free(t->req_body);
 	nbe_free(t->resp);
 	nbe_free(t);
@@ -375,7 +421,9 @@ static int setup_easy(struct nbe_nuvla *n, CURL *e)
 		SET(CURLOPT_SSLCERT, n->client_cert);
 		SET(CURLOPT_SSLKEY, n->client_key);
 	}
-	SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+	/* HTTP/2 multiplexing where libcurl has it (setting it without is an error) */
+	if (curl_version_info(CURLVERSION_NOW)->features & CURL_VERSION_HTTP2)
+		SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
 	SET(CURLOPT_PIPEWAIT, 1L);
 	SET(CURLOPT_TCP_KEEPALIVE, 1L);
 	SET(CURLOPT_SOCKOPTFUNCTION, on_sockopt);
@@ -441,9 +489,13 @@ int nbe_nuvla_start(struct nbe_nuvla *n, const char *method, const char *path, c
 	SET(CURLOPT_ERRORBUFFER, t->errbuf);
 	SET(CURLOPT_PRIVATE, t);
 	if (strcmp(method, "POST") == 0) {
+		t->req_len = t->req_body ? strlen(t->req_body) : 0;
 		SET(CURLOPT_POST, 1L);
-		SET(CURLOPT_POSTFIELDS, t->req_body ? t->req_body : "");
-		SET(CURLOPT_POSTFIELDSIZE, (long)(t->req_body ? strlen(t->req_body) : 0));
+		SET(CURLOPT_READFUNCTION, on_read);
+		SET(CURLOPT_READDATA, t);
+		SET(CURLOPT_SEEKFUNCTION, on_seek);
+		SET(CURLOPT_SEEKDATA, t);
+		SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)t->req_len);
 	} else if (strcmp(method, "GET") != 0) {
 		SET(CURLOPT_CUSTOMREQUEST, method);
 		if (t->req_body) {

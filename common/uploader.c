@@ -35,8 +35,9 @@ struct nbe_uploader {
 	struct nbe_uploader_opts o;
 	char *nuvlabox_id, *api_key, *api_secret, *agent_version, *boot_id, *timesync_file;
 	char *owner;
-	bool need_doc;	/* read the nuvlabox document (owner, state) this round */
-	char state[32]; /* the nuvlabox's state as last read, "" if never */
+	bool need_doc;	  /* read the nuvlabox document (owner, state) this round */
+	char state[32];	  /* the nuvlabox's state as last read, "" if never */
+	bool state_check; /* a round is wanted even with nothing pending */
 	bool recovered;
 	int64_t mark;
 	unsigned failures; /* consecutive failed rounds, for the backoff */
@@ -88,6 +89,8 @@ static enum nbe_upload_fail request_fail(const struct nbe_http_response *r)
 	case NBE_HTTP_IN_DOUBT:
 		return NBE_FAIL_RETRYABLE;
 	case NBE_HTTP_GATEWAY_ERROR:
+		if (r->status >= 300 && r->status < 400)
+			return NBE_FAIL_ENDPOINT; /* a redirect: the endpoint is wrong */
 		return r->status >= 500 || r->status == 429 ? NBE_FAIL_RETRYABLE : NBE_FAIL_GATEWAY;
 	case NBE_HTTP_NUVLA_ERROR:
 		if (r->status == 403)
@@ -99,8 +102,17 @@ static enum nbe_upload_fail request_fail(const struct nbe_http_response *r)
 	return NBE_FAIL_RETRYABLE;
 }
 
+/* Notes failures that no server answered: the network may be at fault, so
+ * the network coming back is a reason to retry early. */
+static void note_network(struct nbe_upload_result *res, const struct nbe_http_response *r)
+{
+	if (r->cls == NBE_HTTP_CONNECT || (r->cls == NBE_HTTP_IN_DOUBT && r->status == 0))
+		res->network = true;
+}
+
 static void take_retry_after(struct nbe_upload_result *res, const struct nbe_http_response *r)
 {
+	note_network(res, r);
 	if (r->retry_after_s >= 0 && res->retry_after_ms < 0)
 		res->retry_after_ms = r->retry_after_s * 1000;
 }
@@ -118,6 +130,8 @@ static int login(struct nbe_uploader *up, struct nbe_upload_result *res, struct 
 	if (f != NBE_FAIL_NONE) {
 		take_retry_after(res, &r);
 		set_fail(res, f, "login as %s: %s", up->api_key, r.message);
+		if (r.cls == NBE_HTTP_NUVLA_ERROR && r.status == 403)
+			res->login_refused = true;
 	}
 	nbe_http_response_clear(&r);
 	return 0;
@@ -231,6 +245,19 @@ static int lookup(struct nbe_uploader *up, struct nbe_event *evs, size_t n, bool
 	snprintf(path, strlen(enc) + 64, "/api/event?filter=%s&select=id,tags&last=%zu", enc,
 		 2 * n);
 	rc = nbe_nuvla_request(up->o.nuvla, "GET", path, NULL, &r, err);
+	if (rc == 0 && r.cls == NBE_HTTP_NUVLA_ERROR && r.status == 403) {
+		/* the session expired (a week, or a restart after a long outage):
+		 * log in again once, as for any other request */
+		nbe_http_response_clear(&r);
+		nbe_nuvla_drop_session(up->o.nuvla);
+		rc = login(up, res, err);
+		if (rc == 0 && res->fail == NBE_FAIL_NONE)
+			rc = nbe_nuvla_request(up->o.nuvla, "GET", path, NULL, &r, err);
+		else if (rc == 0) {
+			nbe_free(path);
+			return 0;
+		}
+	}
 	nbe_free(path);
 	if (rc < 0)
 		return rc;
@@ -390,6 +417,7 @@ static int handle(struct nbe_uploader *up, struct slot *s, struct nbe_ack *acks,
 	enum nbe_upload_fail f = NBE_FAIL_NONE;
 	char msg[600];
 
+	note_network(res, r);
 	switch (r->cls) {
 	case NBE_HTTP_OK: {
 		char *id = nbe_nuvla_resource_id(r->body);
@@ -431,6 +459,8 @@ static int handle(struct nbe_uploader *up, struct slot *s, struct nbe_ack *acks,
 		if (r->status >= 500 || r->status == 429 || r->status == 408) {
 			in_doubt = r->status != 429;
 			f = NBE_FAIL_RETRYABLE;
+		} else if (r->status >= 300 && r->status < 400) {
+			f = NBE_FAIL_ENDPOINT; /* a redirect: the endpoint is wrong */
 		} else {
 			f = NBE_FAIL_GATEWAY; /* about the connection, not the event */
 		}
@@ -443,6 +473,9 @@ static int handle(struct nbe_uploader *up, struct slot *s, struct nbe_ack *acks,
 		snprintf(msg, sizeof(msg), "%s", r->message);
 		in_doubt = true;
 		f = NBE_FAIL_RETRYABLE;
+		/* no answer: the server may still be working on it; its lookup
+		 * waits a whole request timeout longer */
+		next += up->o.request_timeout_ms;
 		break;
 	}
 	if (dead) {
@@ -469,22 +502,38 @@ static int reap(struct nbe_uploader *up, bool *need_login, nbe_upload_progress_f
 	int64_t dead_before = res->dead;
 	int rc = 0;
 
+	/* every finished request is handled and every acknowledgement
+	 * committed, even after a local error on one of them: an answer
+	 * dropped here would be sent again */
 	for (int i = 0; i < MAX_SLOTS; i++) {
 		struct slot *s = &up->slots[i];
+		struct nbe_error e = { { 0 } };
+		int r;
+
 		if (!s->used || !s->done)
 			continue;
-		if (rc == 0)
-			rc = handle(up, s, acks, &nacks, owned, need_login, res, err);
+		r = handle(up, s, acks, &nacks, owned, need_login, res, &e);
+		if (r < 0 && rc == 0) {
+			rc = r;
+			if (err)
+				*err = e;
+		}
 		nbe_http_response_clear(&s->resp);
 		nbe_free(s->wire);
 		s->wire = NULL;
 		s->used = false;
 		up->in_flight--;
 	}
-	if (rc == 0 && nacks) {
-		rc = nbe_buffer_mark_sent(up->o.buf, acks, nacks, err);
-		if (rc == 0)
+	if (nacks) {
+		struct nbe_error e = { { 0 } };
+		int r = nbe_buffer_mark_sent(up->o.buf, acks, nacks, &e);
+		if (r == 0)
 			res->sent += (int64_t)nacks;
+		else if (rc == 0) {
+			rc = r;
+			if (err)
+				*err = e;
+		}
 	}
 	for (size_t i = 0; i < 2 * nacks; i++)
 		nbe_free(owned[i]);
@@ -533,8 +582,11 @@ static int lookup_head(struct nbe_uploader *up, struct nbe_event *q, size_t qn, 
 	if (wait > up->o.lookup_delay_ms)
 		wait = up->o.lookup_delay_ms; /* a clock step must not stall us */
 	if (wait > 0) {
-		if (nbe_clock_monotonic_ms() + wait > deadline)
+		if (nbe_clock_monotonic_ms() + wait > deadline) {
+			/* come back when their refresh delay is over */
+			res->not_before_ms = wait;
 			return 0;
+		}
 		sleep_ms(wait);
 	}
 	memset(looked, 0, n * sizeof(*looked));
@@ -570,6 +622,19 @@ static int round_inner(struct nbe_uploader *up, int64_t deadline_ms, nbe_upload_
 			return rc;
 		up->recovered = true;
 		up->mark = 0;
+	}
+	{
+		/* nothing to send and nothing asked of the server: stay quiet (an
+		 * idle device must not keep logging in to an unreachable endpoint) */
+		struct nbe_event probe = { 0 };
+		size_t np = 0;
+		rc = nbe_buffer_pending(up->o.buf, 0, 1, &probe, &np, err);
+		if (rc < 0)
+			return rc;
+		nbe_event_clear(&probe);
+		if (np == 0 && !up->state_check)
+			return 0;
+		up->state_check = false;
 	}
 	if (!nbe_nuvla_has_session(up->o.nuvla)) {
 		rc = login(up, res, err);
@@ -713,6 +778,11 @@ int nbe_uploader_round(struct nbe_uploader *up, int64_t deadline_ms, nbe_upload_
 {
 	int rc = round_inner(up, deadline_ms, fn, userdata, res, err);
 
+	if (rc < 0) {
+		/* what was in flight may have been stored: the in-flight mark
+		 * still covers it, and the next round looks it up first */
+		up->recovered = false;
+	}
 	if (rc != -EINTR)
 		return rc;
 	/* asked to stop: abandon what is in flight; the in-flight mark makes
@@ -736,6 +806,7 @@ const char *nbe_uploader_nuvlabox_state(const struct nbe_uploader *up)
 void nbe_uploader_check_state(struct nbe_uploader *up)
 {
 	up->need_doc = true;
+	up->state_check = true;
 }
 
 int64_t nbe_uploader_backoff_ms(struct nbe_uploader *up, const struct nbe_upload_result *res)
@@ -743,10 +814,13 @@ int64_t nbe_uploader_backoff_ms(struct nbe_uploader *up, const struct nbe_upload
 	int64_t ceiling;
 	unsigned n = up->failures ? up->failures - 1 : 0;
 
-	if (res->retry_after_ms >= 0)
-		return res->retry_after_ms < NBE_RETRY_AFTER_MAX_S * 1000
-			       ? res->retry_after_ms
-			       : NBE_RETRY_AFTER_MAX_S * 1000;
+	if (res->retry_after_ms >= 0) {
+		/* "0", or a date in the past (a wrong clock): not faster than base */
+		int64_t w = res->retry_after_ms;
+		if (w < up->o.retry_base_ms)
+			w = up->o.retry_base_ms;
+		return w < NBE_RETRY_AFTER_MAX_S * 1000 ? w : NBE_RETRY_AFTER_MAX_S * 1000;
+	}
 	ceiling = up->o.retry_base_ms;
 	while (n-- > 0 && ceiling < up->o.retry_cap_ms)
 		ceiling *= 2;
@@ -807,6 +881,7 @@ int nbe_uploader_new(const struct nbe_uploader_opts *opts, struct nbe_uploader *
 	if (!up->agent_version || !up->boot_id)
 		goto err_oom;
 	up->need_doc = true;
+	up->state_check = true; /* the state is checked at the first login */
 	*ret = up;
 	return 0;
 err_oom:

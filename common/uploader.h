@@ -42,7 +42,8 @@ struct nbe_uploader_opts {
 	const char *boot_id; /* this boot, for re-stamping */
 	const char *timesync_file;
 	int64_t retry_base_ms, retry_cap_ms;
-	int64_t lookup_delay_ms; /* wait before looking up an in-doubt event */
+	int64_t lookup_delay_ms;    /* wait before looking up an in-doubt event */
+	int64_t request_timeout_ms; /* added to it after a request got no answer */
 	int max_in_flight;
 };
 
@@ -51,6 +52,9 @@ struct nbe_upload_result {
 	int64_t sent, dead, found; /* this round; found = in-doubt events found on the server */
 	int64_t retry_after_ms;	   /* from the server, -1 when none */
 	bool interrupted;	   /* the client's interrupt hook said stop */
+	bool login_refused;	   /* a login was answered 403 (not just a request) */
+	bool network;		   /* a failure without an HTTP answer (no server said so) */
+	int64_t not_before_ms;	   /* > 0: nothing to do before this long (lookups waiting) */
 	char error[512];
 };
 
