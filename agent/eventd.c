@@ -252,6 +252,15 @@ static void do_round(struct daemon *d)
 	int64_t now = nbe_clock_monotonic_ms(), wait;
 	int r;
 
+	{
+		/* a producer may have quarantined a corrupt buffer under us */
+		bool reopened = false;
+		if (nbe_buffer_follow(d->buf, &reopened, &err) < 0)
+			log_error("the buffer: %s", err.msg);
+		else if (reopened)
+			log_warning("the buffer was replaced (quarantined by another process): "
+				    "continuing with the new one");
+	}
 	if (!d->up) {
 		/* not configured: say so to a waiting flush */
 		d->work = false;
@@ -265,6 +274,14 @@ static void do_round(struct daemon *d)
 	sd(d, "STATUS=uploading");
 	save_state(d, "uploading", 0);
 	r = nbe_uploader_round(d->up, now + ROUND_SLICE_MS, NULL, NULL, &res, &err);
+	if (r == -EBADMSG) {
+		/* our own queries met corruption: quarantine and salvage, as a
+		 * producer would, and go on with the fresh buffer */
+		struct nbe_error qerr = { { 0 } };
+		log_error("the buffer is corrupt (%s): quarantining it", err.msg);
+		if (nbe_buffer_quarantine(d->buf, err.msg, &qerr) < 0)
+			log_error("quarantine: %s", qerr.msg);
+	}
 	if (r < 0) {
 		/* the buffer itself failed (disk full, I/O): keep running, retry */
 		log_error("uploading: %s", err.msg);

@@ -66,6 +66,7 @@ enum stmt_id {
 	ST_PARENT_STATE,
 	ST_PENDING,
 	ST_MARK_SENT,
+	ST_CHILD_FALLBACK,
 	ST_MARK_DEAD,
 	ST_MARK_RETRY,
 	ST_RETRY_DEAD_ALL,
@@ -105,13 +106,20 @@ static const char *const stmt_sql[ST__MAX] = {
 			   "LIMIT 1",
 	[ST_VICTIM_DEAD] = "SELECT seq, severity, state FROM events WHERE state = 2 ORDER BY seq "
 			   "LIMIT 1",
-	[ST_VICTIM_PENDING] = "SELECT seq, severity, state FROM events WHERE state = 0 AND "
-			      "severity < 3 AND name <> '" NBE_EVENT_DROPPED "' "
-			      "ORDER BY severity, seq LIMIT 1",
+	/* pending events the uploader may have in flight (at or below its
+	 * mark) are not evicted: they may well be delivered already */
+	[ST_VICTIM_PENDING] =
+		"SELECT seq, severity, state FROM events WHERE state = 0 AND "
+		"severity < 3 AND name <> '" NBE_EVENT_DROPPED "' AND seq > "
+		"coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'inflight_mark'), 0)"
+		" ORDER BY severity, seq LIMIT 1",
 	[ST_DELETE] = "DELETE FROM events WHERE seq = ?1",
-	[ST_DROPPED_OPEN] = "SELECT seq, details FROM events WHERE name = '" NBE_EVENT_DROPPED "' "
-			    "AND state = 0 AND attempts = 0 AND in_doubt = 0 ORDER BY seq DESC "
-			    "LIMIT 1",
+	/* a report the uploader may be posting (at or below its mark) is closed */
+	[ST_DROPPED_OPEN] =
+		"SELECT seq, details FROM events WHERE name = '" NBE_EVENT_DROPPED "' "
+		"AND state = 0 AND attempts = 0 AND in_doubt = 0 AND seq > "
+		"coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'inflight_mark'), 0)"
+		" ORDER BY seq DESC LIMIT 1",
 	[ST_UPDATE_DETAILS] = "UPDATE events SET details = ?2 WHERE seq = ?1",
 	[ST_META_GET] = "SELECT value FROM meta WHERE key = ?1",
 	[ST_META_SET] = "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO "
@@ -128,6 +136,9 @@ static const char *const stmt_sql[ST__MAX] = {
 		"LIMIT ?2",
 	[ST_MARK_SENT] = "UPDATE events SET state = 1, server_id = ?2, wire = ?3, in_doubt = 0, "
 			 "last_error = NULL, attempts = attempts + 1 WHERE seq = ?1 AND state = 0",
+	/* its children link to it by server id even if it is pruned first */
+	[ST_CHILD_FALLBACK] = "UPDATE events SET parent_fallback = ?2 WHERE parent_seq = ?1 AND "
+			      "state = 0",
 	[ST_MARK_DEAD] = "UPDATE events SET state = 2, last_error = ?2, in_doubt = 0, attempts = "
 			 "attempts + 1 WHERE seq = ?1 AND state = 0",
 	[ST_MARK_RETRY] =
@@ -217,6 +228,8 @@ struct nbe_buffer {
 	int64_t budget_pages; /* database pages allowed, WAL reserve excluded */
 	int64_t wal_reserve;  /* the WAL's share of max_bytes */
 	int64_t recover_delay_ms;
+	dev_t dev; /* the file open now, to notice it being replaced */
+	ino_t ino;
 };
 
 /* Evictions made while admitting events, by what was evicted. */
@@ -477,6 +490,13 @@ static int open_db(struct nbe_buffer *b, bool *ret_created, bool check_header,
 	if (rc != SQLITE_OK)
 		return db_error(b, rc, err, "cannot open");
 	sqlite3_extended_result_codes(b->db, 1);
+	{
+		struct stat st;
+		if (stat(b->path, &st) == 0) {
+			b->dev = st.st_dev;
+			b->ino = st.st_ino;
+		}
+	}
 	sqlite3_busy_timeout(b->db, (int)b->opts.busy_timeout_ms);
 	/* a short-lived producer must not pay for a checkpoint when it closes:
 	 * the WAL stays, bounded by wal_autocheckpoint and journal_size_limit */
@@ -889,7 +909,8 @@ static int make_room(struct nbe_buffer *b, const struct nbe_event *ev, struct dr
 				err, -ENOBUFS,
 				"%s: the buffer is full (%" PRId64 " events, cap %" PRId64
 				" bytes / %" PRId64 " events) and holds only events that are never "
-				"evicted (critical, drop reports); upload or purge them",
+				"evicted (critical, drop reports, or being uploaded now); "
+				"upload or purge them",
 				b->path, counts[0] + counts[1] + counts[2], b->opts.max_bytes,
 				b->opts.max_events);
 		sqlite3_bind_int64(b->st[ST_DELETE], 1, seq);
@@ -1497,6 +1518,34 @@ static int set_sync(struct nbe_buffer *b, bool full, struct nbe_error *err)
 	return exec(b, full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL", err);
 }
 
+/* The bodies kept with sent events grow rows after make_room() admitted
+ * them: drop the oldest sent events (delivered: nothing is lost) until the
+ * buffer is back within its byte budget. */
+static int trim_sent(struct nbe_buffer *b, struct nbe_error *err)
+{
+	for (;;) {
+		int64_t pages, freelist, seq;
+		int rc, r;
+
+		r = step_int(b, b->st[ST_PAGE_COUNT], &pages, err);
+		if (r == 0)
+			r = step_int(b, b->st[ST_FREELIST_COUNT], &freelist, err);
+		if (r < 0)
+			return r;
+		if (pages - freelist <= b->budget_pages)
+			return 0;
+		rc = sqlite3_step(b->st[ST_VICTIM_SENT]);
+		seq = rc == SQLITE_ROW ? sqlite3_column_int64(b->st[ST_VICTIM_SENT], 0) : 0;
+		sqlite3_reset(b->st[ST_VICTIM_SENT]);
+		if (rc != SQLITE_ROW)
+			return rc == SQLITE_DONE ? 0 : db_error(b, rc, err, "trimming sent events");
+		sqlite3_bind_int64(b->st[ST_DELETE], 1, seq);
+		r = step_done(b, b->st[ST_DELETE], err, "trimming sent events");
+		if (r < 0)
+			return r;
+	}
+}
+
 int nbe_buffer_mark_sent(struct nbe_buffer *b, const struct nbe_ack *acks, size_t n,
 			 struct nbe_error *err)
 {
@@ -1511,11 +1560,19 @@ int nbe_buffer_mark_sent(struct nbe_buffer *b, const struct nbe_ack *acks, size_
 		sqlite3_bind_text(st, 2, acks[i].server_id, -1, SQLITE_STATIC);
 		bind_text_or_null(st, 3, acks[i].wire);
 		r = step_done(b, st, err, "marking events sent");
+		if (r == 0) {
+			st = b->st[ST_CHILD_FALLBACK];
+			sqlite3_bind_int64(st, 1, acks[i].seq);
+			sqlite3_bind_text(st, 2, acks[i].server_id, -1, SQLITE_STATIC);
+			r = step_done(b, st, err, "linking children");
+		}
 	}
 	if (r == 0) {
 		sqlite3_bind_int64(b->st[ST_PRUNE_SENT], 1, b->opts.keep_sent);
 		r = step_done(b, b->st[ST_PRUNE_SENT], err, "pruning sent events");
 	}
+	if (r == 0)
+		r = trim_sent(b, err);
 	if (r == 0)
 		r = commit(b, err);
 	else
@@ -1899,6 +1956,36 @@ out:
 static int64_t close_wal_limit(const struct nbe_buffer *b)
 {
 	return b->wal_reserve < CLOSE_WAL_MAX ? b->wal_reserve : CLOSE_WAL_MAX;
+}
+
+int nbe_buffer_follow(struct nbe_buffer *b, bool *ret_reopened, struct nbe_error *err)
+{
+	struct stat st;
+	bool created;
+	int r;
+
+	*ret_reopened = false;
+	if (stat(b->path, &st) == 0 && st.st_dev == b->dev && st.st_ino == b->ino)
+		return 0;
+	close_db(b);
+	r = open_db(b, &created, false, err);
+	if (r == 0)
+		r = migrate(b, err);
+	if (r == 0)
+		r = prepare_all(b, err);
+	if (r == -EBADMSG)
+		r = quarantine(b, err ? err->msg : "corrupt", NULL, err);
+	if (r == 0)
+		*ret_reopened = true;
+	return r;
+}
+
+int nbe_buffer_quarantine(struct nbe_buffer *b, const char *reason, struct nbe_error *err)
+{
+	char why[256];
+
+	snprintf(why, sizeof(why), "%s", reason);
+	return quarantine(b, why, NULL, err);
 }
 
 void nbe_buffer_close(struct nbe_buffer *b)

@@ -60,6 +60,17 @@ struct nbe_buffer_open_info {
 int nbe_buffer_open(const struct nbe_buffer_opts *opts, struct nbe_buffer **ret,
 		    struct nbe_buffer_open_info *ret_info, struct nbe_error *err);
 
+/*
+ * For a long-lived holder (the daemon): when the file at opts->path is not
+ * the one open (another process quarantined it and made a fresh one),
+ * reopens it in place. Sets *ret_reopened. Returns 0 or -errno.
+ */
+int nbe_buffer_follow(struct nbe_buffer *b, bool *ret_reopened, struct nbe_error *err);
+
+/* Quarantines the open buffer as a corrupt one (see nbe_buffer_open()),
+ * for a holder whose own queries met SQLITE_CORRUPT. */
+int nbe_buffer_quarantine(struct nbe_buffer *b, const char *reason, struct nbe_error *err);
+
 /* Closes the buffer. Accepts NULL. */
 void nbe_buffer_close(struct nbe_buffer *b);
 

@@ -9,6 +9,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -345,13 +346,31 @@ static int dispatch(struct nbe_uploader *up, const struct nbe_event *ev, bool *r
 		    struct nbe_upload_result *res, struct nbe_error *err)
 {
 	struct nbe_wire_ctx ctx = { 0 };
+	struct nbe_event fresh = { 0 };
 	struct slot *s = NULL;
 	char *parent = NULL, *body = NULL;
+	char ref[32];
 	int rc;
 
 	rc = nbe_buffer_resolve_parent(up->o.buf, ev, &parent, ret_wait, err);
 	if (rc < 0 || *ret_wait)
 		return rc;
+	/* the mark first: from now on nothing changes this event in the buffer
+	 * (a drop report stops taking counts, eviction spares it) */
+	if (ev->seq > up->mark) {
+		rc = nbe_buffer_set_inflight_mark(up->o.buf, ev->seq + MARK_WINDOW, err);
+		if (rc < 0)
+			goto out;
+		up->mark = ev->seq + MARK_WINDOW;
+	}
+	if (strcmp(ev->name, NBE_EVENT_DROPPED) == 0) {
+		/* its counts may have grown since it was read: post the latest */
+		snprintf(ref, sizeof(ref), "%" PRId64, ev->seq);
+		rc = nbe_buffer_get(up->o.buf, ref, &fresh, err);
+		if (rc < 0)
+			goto out;
+		ev = &fresh;
+	}
 	ctx.nuvlabox_id = up->nuvlabox_id;
 	ctx.owner = up->owner;
 	ctx.agent_version = up->agent_version;
@@ -360,22 +379,15 @@ static int dispatch(struct nbe_uploader *up, const struct nbe_event *ev, bool *r
 	ctx.now_synced = nbe_clock_synced(up->timesync_file);
 	ctx.restamp_ms = restamp(up, ev, ctx.now_synced, ctx.now_ms);
 	rc = nbe_wire_build(ev, &ctx, &body, err);
-	nbe_free(parent);
 	if (rc == -EMSGSIZE || rc == -EINVAL) {
 		/* cannot ever be sent as it is: a dead letter, not a stuck queue */
 		rc = nbe_buffer_mark_dead(up->o.buf, ev->seq, err->msg, err);
 		if (rc == 0)
 			res->dead++;
-		return rc;
+		goto out;
 	}
 	if (rc < 0)
-		return rc;
-	if (ev->seq > up->mark) {
-		rc = nbe_buffer_set_inflight_mark(up->o.buf, ev->seq + MARK_WINDOW, err);
-		if (rc < 0)
-			goto err_free;
-		up->mark = ev->seq + MARK_WINDOW;
-	}
+		goto out;
 	for (int i = 0; i < MAX_SLOTS; i++) {
 		if (!up->slots[i].used) {
 			s = &up->slots[i];
@@ -384,21 +396,22 @@ static int dispatch(struct nbe_uploader *up, const struct nbe_event *ev, bool *r
 	}
 	if (!s) {
 		rc = nbe_error_set(err, -EBUSY, "no free request slot");
-		goto err_free;
+		goto out;
 	}
 	memset(s, 0, sizeof(*s));
 	rc = nbe_nuvla_start(up->o.nuvla, "POST", "/api/event", body, on_done, s, err);
 	if (rc < 0)
-		goto err_free;
+		goto out;
 	s->used = true;
 	s->seq = ev->seq;
 	memcpy(s->id, ev->id, sizeof(s->id));
 	s->wire = body;
+	body = NULL;
 	up->in_flight++;
-	return 0;
-
-err_free:
+out:
 	nbe_free(body);
+	nbe_free(parent);
+	nbe_event_clear(&fresh);
 	return rc;
 }
 

@@ -1003,6 +1003,139 @@ static void test_keep_sent(void **state)
 	nbe_buffer_close(b);
 }
 
+/* Review findings: children keep a pruned parent's server id; stored bodies
+ * stay under the byte cap; a report in flight takes no more drops and
+ * in-flight events are not evicted; a replaced file is followed. */
+static void test_child_keeps_pruned_parent(void **state)
+{
+	const char *dir = *state;
+	struct nbe_buffer_opts o = { 0 };
+	struct nbe_error err = { { 0 } };
+	struct nbe_buffer *b = NULL;
+	char path[4200], *boot = tu_boot_id_file(dir, TU_BOOT_ID), *href = NULL;
+	char child[NBE_UUID_LEN + 1];
+	struct nbe_event ev;
+	bool wait;
+	int64_t p;
+
+	snprintf(path, sizeof(path), "%s/events.db", dir);
+	o.path = path;
+	o.max_bytes = BIG;
+	o.max_events = 1000;
+	o.keep_sent = 0; /* a sent parent is pruned at once */
+	o.boot_id_file = boot;
+	assert_int_equal(nbe_buffer_open(&o, &b, NULL, &err), 0);
+	free(boot);
+	p = tu_append(b, "nuvlabox.reboot", NULL, JOB, NULL, NULL);
+	tu_append(b, "nuvlabox.reboot.completed", NULL, JOB, NULL, child);
+	{
+		struct nbe_ack a = { p, "event/parent-1", NULL };
+		assert_int_equal(nbe_buffer_mark_sent(b, &a, 1, &err), 0);
+	}
+	assert_int_equal(nbe_buffer_get(b, "event/parent-1", &ev, &err), -ENOENT);
+	get_ok(b, child, &ev);
+	assert_int_equal(nbe_buffer_resolve_parent(b, &ev, &href, &wait, &err), 0);
+	assert_string_equal(href, "event/parent-1");
+	nbe_free(href);
+	nbe_event_clear(&ev);
+	nbe_buffer_close(b);
+}
+
+static void test_stored_bodies_stay_under_the_cap(void **state)
+{
+	const char *dir = *state;
+	const int64_t cap = 256 * 1024;
+	struct nbe_buffer *b = tu_open(dir, cap, 100000);
+	struct nbe_error err = { { 0 } };
+	char body[2048];
+
+	memset(body, 'w', sizeof(body) - 1);
+	body[sizeof(body) - 1] = '\0';
+	for (int i = 0; i < 400; i++) {
+		int64_t seq = tu_append(b, "x", NULL, NULL, NULL, NULL);
+		char sid[32];
+		struct nbe_ack a = { seq, sid, body };
+		snprintf(sid, sizeof(sid), "event/s%d", i);
+		assert_int_equal(nbe_buffer_mark_sent(b, &a, 1, &err), 0);
+	}
+	assert_int_equal(nbe_buffer_checkpoint(b, &err), 0);
+	assert_true(file_bytes(dir, "") + file_bytes(dir, "-wal") <= cap);
+	nbe_buffer_close(b);
+}
+
+static int count_reports(const struct nbe_event *ev, void *userdata)
+{
+	if (strcmp(ev->name, NBE_EVENT_DROPPED) == 0)
+		(*(int *)userdata)++;
+	return 0;
+}
+
+static void test_in_flight_is_spared(void **state)
+{
+	const char *dir = *state;
+	struct nbe_buffer *b = tu_open(dir, BIG, 10);
+	struct nbe_error err = { { 0 } };
+	struct nbe_event ev;
+	int64_t s[10];
+	int reports = 0;
+
+	for (int i = 0; i < 10; i++)
+		s[i] = tu_append(b, "x", "low", NULL, NULL, NULL);
+	/* the uploader has the first five in flight */
+	assert_int_equal(nbe_buffer_set_inflight_mark(b, s[4], &err), 0);
+	tu_append(b, "x", "low", NULL, NULL, NULL); /* evicts two (one for the report) */
+	for (int i = 0; i < 5; i++) {
+		char ref[32];
+		snprintf(ref, sizeof(ref), "%lld", (long long)s[i]);
+		get_ok(b, ref, &ev); /* in flight: spared */
+		nbe_event_clear(&ev);
+	}
+	assert_int_equal(
+		nbe_buffer_foreach(b, NBE_STATE_MASK_ALL, 0, count_reports, &reports, &err), 0);
+	assert_int_equal(reports, 1);
+	/* the report itself goes in flight: later drops need a new one */
+	assert_int_equal(nbe_buffer_set_inflight_mark(b, INT64_C(1) << 40, &err), 0);
+	assert_int_equal(nbe_buffer_set_inflight_mark(b, s[9] + 10, &err), 0);
+	tu_event(&ev, "x", "low", NULL, NULL);
+	/* everything is in flight: nothing to evict, a temporary refusal */
+	assert_int_equal(nbe_buffer_append(b, &ev, &err), -ENOBUFS);
+	assert_non_null(strstr(err.msg, "being uploaded"));
+	nbe_event_clear(&ev);
+	reports = 0;
+	assert_int_equal(
+		nbe_buffer_foreach(b, NBE_STATE_MASK_ALL, 0, count_reports, &reports, &err), 0);
+	/* no drop was merged into the report in flight */
+	assert_int_equal(reports, 1);
+	nbe_buffer_close(b);
+}
+
+static void test_follow_a_replaced_file(void **state)
+{
+	const char *dir = *state;
+	struct nbe_buffer *b1 = tu_open(dir, BIG, 1000), *b2;
+	struct nbe_error err = { { 0 } };
+	char path[4200], aside[4300], id[NBE_UUID_LEN + 1];
+	struct nbe_event ev;
+	bool reopened = true;
+
+	tu_append(b1, "old", NULL, NULL, NULL, NULL);
+	assert_int_equal(nbe_buffer_follow(b1, &reopened, &err), 0);
+	assert_false(reopened);
+	/* another process moves it aside and starts afresh */
+	snprintf(path, sizeof(path), "%s/events.db", dir);
+	snprintf(aside, sizeof(aside), "%s/events.db.corrupt-1", dir);
+	assert_int_equal(rename(path, aside), 0);
+	b2 = tu_open(dir, BIG, 1000);
+	tu_append(b2, "new", NULL, NULL, NULL, id);
+	nbe_buffer_close(b2);
+	assert_int_equal(nbe_buffer_follow(b1, &reopened, &err), 0);
+	assert_true(reopened);
+	get_ok(b1, id, &ev);
+	assert_string_equal(ev.name, "new");
+	nbe_event_clear(&ev);
+	nbe_buffer_close(b1);
+}
+
 static void test_purge_and_meta(void **state)
 {
 	const char *dir = *state;
@@ -1086,6 +1219,11 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_migration_v1_to_v2, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_upload_states, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_keep_sent, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_child_keeps_pruned_parent, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stored_bodies_stay_under_the_cap, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_in_flight_is_spared, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_follow_a_replaced_file, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_purge_and_meta, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_alloc_failures, setup, teardown),
 	};
