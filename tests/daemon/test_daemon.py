@@ -52,11 +52,13 @@ def wait_for(pred, timeout, step=0.02):
 
 class DaemonBase(unittest.TestCase):
     extra_addresses = ()
+    extra_names = ()
 
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="nbe-daemon-")
-        cls.h = Harness(os.path.join(cls.tmp, "harness"), extra_addresses=cls.extra_addresses)
+        cls.h = Harness(os.path.join(cls.tmp, "harness"), extra_addresses=cls.extra_addresses,
+                        extra_names=cls.extra_names)
         cls.h.start()
         cls.env = cls.h.env
         cls.standin = cls.env["NUVLA_STANDIN_URL"]
@@ -371,12 +373,16 @@ def netns_available():
 SUBNET = 200 + os.getpid() % 50
 HOST_ADDR = f"10.{SUBNET}.77.1"
 DEV_ADDR = f"10.{SUBNET}.77.2"
+GATEWAY_NAME = "gateway.nbe-test"
 
 
 @unittest.skipUnless(netns_available(), "needs root and ip netns")
 class OfflineOnlineTest(DaemonBase):
-    """The device in a network namespace, its only way out a veth pair."""
+    """The device in a network namespace, its only way out a veth pair. It
+    knows the gateway by a host name (/etc/netns/NAME/hosts, which `ip netns
+    exec` mounts over /etc/hosts): mbedTLS 2.28 matches no IP-address names."""
     extra_addresses = (HOST_ADDR,)
+    extra_names = (GATEWAY_NAME,)
 
     @classmethod
     def setUpClass(cls):
@@ -391,6 +397,9 @@ class OfflineOnlineTest(DaemonBase):
             cls.ip("-n", cls.ns, "addr", "add", DEV_ADDR + "/24", "dev", cls.vd)
             cls.ip("-n", cls.ns, "link", "set", cls.vd, "up")
             cls.ip("-n", cls.ns, "link", "set", "lo", "up")
+            os.makedirs(f"/etc/netns/{cls.ns}", exist_ok=True)
+            with open(f"/etc/netns/{cls.ns}/hosts", "w") as f:
+                f.write(f"127.0.0.1 localhost\n{HOST_ADDR} {GATEWAY_NAME}\n")
             super().setUpClass()
         except Exception:
             cls.cleanup_net()
@@ -407,6 +416,7 @@ class OfflineOnlineTest(DaemonBase):
     def cleanup_net(cls):
         subprocess.run(["ip", "link", "del", cls.vh], capture_output=True)
         subprocess.run(["ip", "netns", "del", cls.ns], capture_output=True)
+        shutil.rmtree(f"/etc/netns/{cls.ns}", ignore_errors=True)
 
     @staticmethod
     def ip(*args):
@@ -415,7 +425,7 @@ class OfflineOnlineTest(DaemonBase):
     def test_backlog_drains_when_the_link_comes_back(self):
         port = self.env["NUVLA_GATEWAY_PORT"]
         # long backoffs: only the netlink event can explain a quick drain
-        self.conf = self.config(endpoint=f"https://{HOST_ADDR}:{port}", retry_base="30s",
+        self.conf = self.config(endpoint=f"https://{GATEWAY_NAME}:{port}", retry_base="30s",
                                 retry_cap="10m", connect_timeout="1s")
         d = self.start_daemon(prefix=("ip", "netns", "exec", self.ns))
         eid = self.record()

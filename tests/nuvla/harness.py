@@ -34,6 +34,12 @@ Each proxies to the stand-in over HTTP/1.1 keep-alive, strips nuvla-authn-info
 (nginx answers 404 itself), caps bodies at 1m (nginx's own HTML 413) and
 answers /bench/201 itself (201 + small JSON) for drain benchmarks.
 
+Optional (`--bench-direct`, Harness(bench_direct=True)): a fourth mTLS port
+where nginx itself answers an upload's three requests (login, the nuvlabox's
+owner, event creation with a unique `event/$request_id`), with no stand-in
+in the path, for the drain benchmark (tests/bench/bench_drain.py). Without
+the option nothing of it exists.
+
 Standard library only; works as root, without systemd.
 """
 
@@ -108,6 +114,46 @@ http {{
         keepalive_timeout 30s;
     }}
 {servers}}}
+"""
+
+# The optional drain-benchmark server (bench_direct): the same mTLS as the
+# gateway, but nginx answers the upload's requests itself, so the measured
+# rate is the agent's and the gateway's, not the stand-in's.
+_BENCH_SERVER = """
+    # drain benchmark: nginx answers the upload itself (no stand-in)
+    server {{
+{listens}        server_name localhost;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+{verify}
+        access_log off;
+        # one connection carries the whole drain (nginx's default is 1000
+        # requests, then it closes the connection)
+        keepalive_requests 10000000;
+        default_type application/json;
+
+        location = /api/session {{
+            add_header Location "session/$request_id";
+            add_header Set-Cookie "{cookie}=bench-$request_id;Secure;Path=/;HttpOnly;Expires=Thu, 31 Dec 2099 23:59:59 GMT";
+            return 201 '{{"status":201,"message":"created session/$request_id","resource-id":"session/$request_id"}}';
+        }}
+        location ~ "^/api/nuvlabox/([0-9a-f-]+)$" {{
+            return 200 '{{"id":"nuvlabox/$1","resource-type":"nuvlabox","state":"COMMISSIONED","owner":"{owner}","acl":{{"owners":["{owner}"]}}}}';
+        }}
+        location = /api/event {{
+            # an in-doubt lookup finds nothing (never expected here)
+            if ($request_method = GET) {{
+                return 200 '{{"count":0,"resource-type":"event-collection","resources":[]}}';
+            }}
+            return 201 '{{"status":201,"message":"event/$request_id created","resource-id":"event/$request_id"}}';
+        }}
+        location = /bench/201 {{
+            return 201 '{{"status":201,"message":"bench"}}';
+        }}
+        location / {{
+            return 404 '{{"status":404,"message":"unknown resource"}}';
+        }}
+    }}
 """
 
 _SERVER = """
@@ -286,11 +332,16 @@ class Harness:
 
     def __init__(self, directory, refresh_delay=1.0, session_lifetime=7 * 24 * 3600,
                  legacy_cookie=False, nginx=NGINX, server_events=True, die_with_parent=True,
-                 extra_addresses=()):
+                 extra_addresses=(), bench_direct=False, extra_names=()):
         self.dir = os.path.abspath(directory)
         # Addresses the main gateway also listens on (and its certificate
         # names): a device in a network namespace reaches it through a veth.
         self.extra_addresses = tuple(extra_addresses)
+        # Host names the server certificate also carries (mbedTLS 2.28 does
+        # not match IP-address names: a device uses a host name).
+        self.extra_names = tuple(extra_names)
+        # A fourth port where nginx answers uploads itself (drain benchmark).
+        self.bench_direct = bench_direct
         # In-process use (tests): the children get SIGTERM if this process
         # dies, even by SIGKILL. The `start` command turns it off on purpose.
         self.die_with_parent = die_with_parent
@@ -331,7 +382,8 @@ class Harness:
     def _start(self):
         nb_uuid = str(uuid.uuid4())
         nb_id = "nuvlabox/" + nb_uuid
-        manifest = pki.generate(os.path.join(self.dir, "pki"), nb_id, self.extra_addresses)
+        manifest = pki.generate(os.path.join(self.dir, "pki"), nb_id,
+                                self.extra_addresses + self.extra_names)
         owner = "user/%s" % uuid.uuid4()
         device_key, device_secret = "credential/%s" % uuid.uuid4(), _secret()
         owner_key, owner_secret = "credential/%s" % uuid.uuid4(), _secret()
@@ -345,18 +397,19 @@ class Harness:
 
         sport = self._start_standin(seed_path)
         v6 = _ipv6_loopback()
+        cookie = "com.sixsq.nuvla.cookie" if self.legacy_cookie else "com.com.sixsq.nuvla.cookie"
+        nports = 4 if self.bench_direct else 3
         for attempt in range(3):
-            ports = [_free_port(v6) for _ in range(3)]
-            if len(set(ports)) < 3:
+            ports = [_free_port(v6) for _ in range(nports)]
+            if len(set(ports)) < nports:
                 continue
             try:
-                self._start_nginx(manifest, sport, ports, v6)
+                self._start_nginx(manifest, sport, ports, v6, owner=owner, cookie=cookie)
                 break
             except HarnessError as e:
                 if "Address already in use" not in str(e) or attempt == 2:
                     raise
-        cookie = "com.sixsq.nuvla.cookie" if self.legacy_cookie else "com.com.sixsq.nuvla.cookie"
-        gw, wrong, nomtls = ports
+        gw, wrong, nomtls = ports[:3]
         env = {
             "NUVLA_TEST_DIR": self.dir,
             "NUVLA_STANDIN_URL": "http://127.0.0.1:%d" % sport,
@@ -391,6 +444,9 @@ class Harness:
             "NUVLA_STANDIN_PID": str(self._processes["standin"]["pid"]),
             "NUVLA_NGINX_PID": str(self._processes["nginx"]["pid"]),
         }
+        if self.bench_direct:
+            env["NUVLA_BENCH_DIRECT_URL"] = "https://localhost:%d" % ports[3]
+            env["NUVLA_BENCH_DIRECT_PORT"] = str(ports[3])
         doc = {"env": env, "pki": manifest, "processes": self._processes,
                "logs": {"standin": os.path.join(self.dir, "standin.log"),
                         "nginx_error": os.path.join(self.dir, "nginx", "error.log"),
@@ -437,7 +493,7 @@ class Harness:
                     raise HarnessError("stand-in not healthy:\n%s" % _tail(out_path))
                 time.sleep(0.05)
 
-    def _start_nginx(self, manifest, sport, ports, v6):
+    def _start_nginx(self, manifest, sport, ports, v6, owner=None, cookie=None):
         ndir = os.path.join(self.dir, "nginx")
         for sub in ("", "tmp"):
             os.makedirs(os.path.join(ndir, sub), exist_ok=True)
@@ -463,6 +519,11 @@ class Harness:
                            listens=listens(ports[2]), cert=manifest["server_cert"],
                            key=manifest["server_key"], verify="        ssl_verify_client off;\n"),
         ])
+        if len(ports) > 3:
+            servers += _BENCH_SERVER.format(listens=listens(ports[3]),
+                                            cert=manifest["server_cert"],
+                                            key=manifest["server_key"], verify=mtls,
+                                            cookie=cookie, owner=owner)
         conf = os.path.join(ndir, "nginx.conf")
         with open(conf, "w") as f:
             f.write(_NGINX_CONF.format(ndir=ndir, sport=sport, servers=servers))
@@ -567,11 +628,15 @@ def _add_start_options(ap):
     ap.add_argument("--no-server-events", action="store_true",
                     help="the stand-in stores no lifecycle events of its own")
     ap.add_argument("--nginx", default=NGINX, help="nginx binary (default %s)" % NGINX)
+    ap.add_argument("--bench-direct", action="store_true",
+                    help="also a port where nginx answers uploads itself (drain benchmark; "
+                         "NUVLA_BENCH_DIRECT_URL)")
 
 
 def _harness(args, directory, die_with_parent):
     return Harness(directory, args.refresh_delay, args.session_lifetime, args.legacy_cookie,
-                   args.nginx, not args.no_server_events, die_with_parent)
+                   args.nginx, not args.no_server_events, die_with_parent,
+                   bench_direct=args.bench_direct)
 
 
 def main(argv=None):

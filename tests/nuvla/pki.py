@@ -170,12 +170,21 @@ def _utc_offset(seconds):
     return t.strftime("%Y%m%d%H%M%SZ")
 
 
+def _is_ip(name):
+    import ipaddress
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
 def generate(out_dir, nuvlabox_id=None, extra_ips=()):
     """Generates the whole test PKI into out_dir; returns the manifest dict.
 
     nuvlabox_id is the client certificates' CN (default: a random
-    nuvlabox/<uuid>). extra_ips are added to the server certificate's names
-    (a gateway reached through a veth pair). Existing files in out_dir are
+    nuvlabox/<uuid>). extra_ips (addresses or host names) are added to the
+    server certificate's names (a gateway reached through a veth pair). Existing files in out_dir are
     overwritten.
     """
     out_dir = os.path.abspath(out_dir)
@@ -186,7 +195,7 @@ def generate(out_dir, nuvlabox_id=None, extra_ips=()):
     with tempfile.TemporaryDirectory(prefix="pki-work-", dir=out_dir) as work:
         ca = _Ca(work, "main", "nuvlabox-event test CA", p("ca.key"), p("ca.pem"),
                  "DNS:localhost, IP:127.0.0.1, IP:::1" +
-                 "".join(", IP:%s" % ip for ip in extra_ips))
+                 "".join(", %s:%s" % ("IP" if _is_ip(n) else "DNS", n) for n in extra_ips))
         ca.issue("localhost", p("server.key"), p("server.pem"), "ext_server")
         ca.issue("wrong.example", p("server-wronghost.key"), p("server-wronghost.pem"),
                  "ext_server", san="DNS:wrong.example")
