@@ -83,6 +83,13 @@ class DaemonBase(unittest.TestCase):
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        # the secret never reaches the daemon's log, status or export
+        secret = self.env["NUVLA_TEST_API_SECRET"]
+        self.assertNotIn(secret, self.daemon_log())
+        if os.path.exists(os.path.join(self.dir, "state")):
+            for cmd in (("status", "--json"), ("export",)):
+                out = self.cli(*cmd, check=False)
+                self.assertNotIn(secret.encode(), out.stdout + out.stderr)
         for p in self.procs:
             if getattr(p, "log", None):
                 p.log.close()
