@@ -442,7 +442,7 @@ static bool uploader_running(const struct cli *c)
 
 	if (!path)
 		return false;
-	r = nbe_lock_try(path, 0640, &fd);
+	r = nbe_lock_try(path, 0660, &fd);
 	nbe_free(path);
 	if (fd >= 0)
 		close(fd);

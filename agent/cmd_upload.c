@@ -232,7 +232,7 @@ static int session_open(struct cli *c, struct session *s)
 	path = nbe_path_join(c->cfg.state_dir, NBE_UPLOAD_LOCK);
 	if (!path)
 		return EX_OSERR;
-	r = nbe_lock_try(path, 0640, &s->lock_fd);
+	r = nbe_lock_try(path, 0660, &s->lock_fd);
 	nbe_free(path);
 	if (r == -EWOULDBLOCK)
 		return FLUSH_VIA_DAEMON;

@@ -710,7 +710,7 @@ static int take_lock(struct daemon *d)
 	if (!path)
 		return -ENOMEM;
 	for (;;) {
-		r = nbe_lock_try(path, 0640, &d->lock_fd);
+		r = nbe_lock_try(path, 0660, &d->lock_fd);
 		if (r != -EWOULDBLOCK)
 			break;
 		if (!said)

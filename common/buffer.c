@@ -450,13 +450,16 @@ static int header_check(const char *path, const char *wal_path, struct nbe_error
  * follow. Returns 1 when created, 0 when it existed, or -errno. */
 static int create_db_file(const char *path)
 {
-	int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0640);
+	int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0660);
 	int r;
 
 	if (fd < 0)
 		return errno == EEXIST ? 0 : -errno;
-	/* the mode must not depend on the caller's umask */
-	r = fchmod(fd, 0640) == 0 ? 0 : -errno;
+	/* the mode must not depend on the caller's umask; group members record
+	 * too; and a file root creates belongs to the state directory's owner */
+	r = fchmod(fd, 0660) == 0 ? 0 : -errno;
+	if (r == 0)
+		r = nbe_chown_like_parent(fd, path);
 	close(fd);
 	if (r < 0) {
 		unlink(path);
@@ -1867,7 +1870,11 @@ static int quarantine(struct nbe_buffer *b, const char *reason, struct nbe_buffe
 		return nbe_error_set(err, -ENOMEM, "out of memory");
 	snprintf(lock_path, strlen(b->path) + sizeof(".quarantine-lock"), "%s.quarantine-lock",
 		 b->path);
-	lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640);
+	lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0660);
+	if (lock_fd >= 0) {
+		fchmod(lock_fd, 0660);
+		nbe_chown_like_parent(lock_fd, lock_path);
+	}
 	nbe_free(lock_path);
 	if (lock_fd < 0)
 		return nbe_error_set(err, -errno, "%s: cannot lock for quarantine: %s", b->path,

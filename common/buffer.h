@@ -50,7 +50,7 @@ struct nbe_buffer_open_info {
 };
 
 /*
- * Opens (creating if needed, with mode 0640) the buffer at opts->path,
+ * Opens (creating if needed, with mode 0660, owned like its directory) the buffer at opts->path,
  * migrating its schema and, with opts->full_check, verifying it. A corrupt or
  * foreign file is quarantined and salvaged (see @ret_info, may be NULL).
  * Returns 0 or -errno: -EACCES/-EROFS/-ENOENT (cannot open or create),

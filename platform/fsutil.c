@@ -143,6 +143,9 @@ int nbe_write_file_atomic(const char *path, const void *data, size_t len, mode_t
 		r = -errno;
 		goto err_unlink;
 	}
+	r = nbe_chown_like_parent(fd, path);
+	if (r < 0)
+		goto err_unlink;
 	r = write_all(fd, data, len);
 	if (r < 0)
 		goto err_unlink;
@@ -188,12 +191,39 @@ char *nbe_path_join(const char *dir, const char *name)
 	return p;
 }
 
+int nbe_chown_like_parent(int fd, const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	char *dir;
+	struct stat st;
+	int r = 0;
+
+	if (geteuid() != 0)
+		return 0;
+	dir = slash ? nbe_strndup(path, slash == path ? 1 : (size_t)(slash - path)) : nbe_strdup(".");
+	if (!dir)
+		return -ENOMEM;
+	if (stat(dir, &st) != 0)
+		r = -errno;
+	else if (fchown(fd, st.st_uid, st.st_gid) != 0)
+		r = -errno;
+	nbe_free(dir);
+	return r;
+}
+
 int nbe_lock_try(const char *path, mode_t mode, int *ret_fd)
 {
 	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, mode);
 
+	/* a group member may only read it: flock works on a read-only fd */
+	if (fd < 0 && errno == EACCES)
+		fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0)
 		return -errno;
+	/* the mode must not depend on a umask (the unit's is 0027); only the
+	 * owner can change it, which is fine when it is someone else */
+	fchmod(fd, mode);
+	nbe_chown_like_parent(fd, path);
 	while (flock(fd, LOCK_EX | LOCK_NB) != 0) {
 		int e = errno;
 		if (e == EINTR)

@@ -43,6 +43,14 @@ int nbe_write_file_atomic(const char *path, const void *data, size_t len, mode_t
  */
 int nbe_lock_try(const char *path, mode_t mode, int *ret_fd);
 
+/*
+ * When running as root, gives the file open on @fd the owner and group of
+ * the directory that contains @path: a file root creates in the agent's
+ * state directory (a producer before the daemon ever ran) must stay usable
+ * by the daemon's user and group. A no-op for other users. Returns 0 or -errno.
+ */
+int nbe_chown_like_parent(int fd, const char *path);
+
 /* Joins @dir and @name with one '/'. Returns a new string (nbe_free()) or NULL. */
 char *nbe_path_join(const char *dir, const char *name);
 

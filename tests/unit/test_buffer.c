@@ -84,7 +84,7 @@ static void test_settings(void **state)
 
 	snprintf(path, sizeof(path), "%s/events.db", dir);
 	assert_int_equal(stat(path, &st), 0);
-	assert_int_equal(st.st_mode & 07777, 0640);
+	assert_int_equal(st.st_mode & 07777, 0660);
 	assert_int_equal(nbe_buffer_setting(b, "journal_mode", &v, &err), 0);
 	assert_int_equal(v, 1);
 	assert_int_equal(nbe_buffer_setting(b, "synchronous", &v, &err), 0);
@@ -110,7 +110,7 @@ static void test_settings(void **state)
 	tu_append(b, "x", NULL, NULL, NULL, NULL);
 	snprintf(path, sizeof(path), "%s/events.db-wal", dir);
 	assert_int_equal(stat(path, &st), 0);
-	assert_int_equal(st.st_mode & 0777, 0640);
+	assert_int_equal(st.st_mode & 0777, 0660);
 	nbe_buffer_close(b);
 }
 
