@@ -200,7 +200,8 @@ int nbe_chown_like_parent(int fd, const char *path)
 
 	if (geteuid() != 0)
 		return 0;
-	dir = slash ? nbe_strndup(path, slash == path ? 1 : (size_t)(slash - path)) : nbe_strdup(".");
+	dir = slash ? nbe_strndup(path, slash == path ? 1 : (size_t)(slash - path))
+		    : nbe_strdup(".");
 	if (!dir)
 		return -ENOMEM;
 	if (stat(dir, &st) != 0)
