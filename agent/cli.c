@@ -166,6 +166,15 @@ int cli_parse(struct cli *c, int argc, char **argv, const struct option *opts, c
 	}
 }
 
+int cli_no_options(struct cli *c, int opt, const char *arg, void *userdata)
+{
+	(void)c;
+	(void)opt;
+	(void)arg;
+	(void)userdata;
+	return 0;
+}
+
 static const char *env_get(const char *name)
 {
 	return getenv(name);
@@ -173,30 +182,26 @@ static const char *env_get(const char *name)
 
 int cli_load_config(struct cli *c)
 {
+	const char *flags[] = { "state_dir", c->state_dir, NULL };
+	const struct nbe_config_source src = {
+		.path = c->config_path,
+		.required = c->config_explicit,
+		.getenv_fn = env_get,
+		.flags = c->state_dir ? flags : NULL,
+		/* record needs no identity: keep NuvlaEdge's files off its hot path */
+		.identity = strcmp(c->command, "record") != 0,
+	};
 	struct nbe_error err = { { 0 } };
 	int r;
 
 	if (c->cfg_loaded)
 		return 0;
-	if (nbe_config_defaults(&c->cfg, env_get) < 0) {
-		cli_err(c, "out of memory");
-		return EX_OSERR;
-	}
-	c->cfg_loaded = true;
-	r = nbe_config_load_file(&c->cfg, c->config_path, c->config_explicit, &err);
-	if (r == 0)
-		r = nbe_config_apply_env(&c->cfg, env_get, &err);
-	if (r == 0 && c->state_dir)
-		r = nbe_config_set(&c->cfg, "state_dir", c->state_dir, &err);
-	/* record needs no identity: keep NuvlaEdge's files off its hot path */
-	if (r == 0 && strcmp(c->command, "record") != 0 && nbe_config_apply_nuvlaedge(&c->cfg) < 0)
-		r = nbe_error_set(&err, -ENOMEM, "out of memory");
-	if (r == 0)
-		r = nbe_config_validate(&c->cfg, &err);
+	r = nbe_config_load(&c->cfg, &src, &err);
 	if (r < 0) {
 		cli_err(c, "%s", err.msg);
 		return r == -ENOMEM ? EX_OSERR : EX_CONFIG;
 	}
+	c->cfg_loaded = true;
 	return 0;
 }
 

@@ -48,6 +48,9 @@ typedef int (*cli_opt_fn)(struct cli *c, int opt, const char *arg, void *userdat
 /* Called for each positional argument; returns 0 or an exit code. */
 typedef int (*cli_arg_fn)(struct cli *c, const char *arg, void *userdata);
 
+/* An option handler for commands with only the global options. */
+int cli_no_options(struct cli *c, int opt, const char *arg, void *userdata);
+
 /* Returned by cli_parse() after --help was printed: exit 0. */
 #define CLI_HELP_SHOWN (-1)
 

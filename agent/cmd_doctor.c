@@ -268,15 +268,6 @@ out:
 	nbe_nuvla_free(n);
 }
 
-static int no_opt(struct cli *c, int opt, const char *arg, void *userdata)
-{
-	(void)c;
-	(void)opt;
-	(void)arg;
-	(void)userdata;
-	return 0;
-}
-
 int cmd_doctor(struct cli *c, int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -288,7 +279,7 @@ int cmd_doctor(struct cli *c, int argc, char **argv)
 	struct nbe_error err = { { 0 } };
 	int r;
 
-	r = cli_parse(c, argc, argv, opts, no_opt, NULL, NULL);
+	r = cli_parse(c, argc, argv, opts, cli_no_options, NULL, NULL);
 	if (r)
 		return r;
 	r = cli_load_config(c);

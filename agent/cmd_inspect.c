@@ -697,15 +697,6 @@ static int retry_arg(struct cli *c, const char *arg, void *userdata)
 	return 0;
 }
 
-static int no_opt(struct cli *c, int opt, const char *arg, void *userdata)
-{
-	(void)c;
-	(void)opt;
-	(void)arg;
-	(void)userdata;
-	return 0;
-}
-
 int cmd_retry_dead(struct cli *c, int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -721,7 +712,7 @@ int cmd_retry_dead(struct cli *c, int argc, char **argv)
 
 	if (!refs)
 		return EX_OSERR;
-	r = cli_parse(c, argc, argv, opts, no_opt, retry_arg, &refs);
+	r = cli_parse(c, argc, argv, opts, cli_no_options, retry_arg, &refs);
 	if (r)
 		goto out;
 	while (refs[nrefs])

@@ -125,21 +125,12 @@ static void sd(struct daemon *d, const char *fmt, ...)
 
 static int load_config(struct daemon *d, struct nbe_config *cfg, struct nbe_error *err)
 {
-	int r;
+	const struct nbe_config_source src = { .path = d->config_path,
+					       .required = d->config_explicit,
+					       .getenv_fn = env_get,
+					       .identity = true };
 
-	r = nbe_config_defaults(cfg, env_get);
-	if (r < 0)
-		return nbe_error_set(err, r, "out of memory");
-	r = nbe_config_load_file(cfg, d->config_path, d->config_explicit, err);
-	if (r == 0)
-		r = nbe_config_apply_env(cfg, env_get, err);
-	if (r == 0 && nbe_config_apply_nuvlaedge(cfg) < 0)
-		r = nbe_error_set(err, -ENOMEM, "out of memory");
-	if (r == 0)
-		r = nbe_config_validate(cfg, err);
-	if (r < 0)
-		nbe_config_free(cfg);
-	return r;
+	return nbe_config_load(cfg, &src, err);
 }
 
 static void arm_timer(struct daemon *d, int64_t delay_ms)

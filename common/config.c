@@ -602,6 +602,27 @@ int nbe_config_read_secret(const struct nbe_config *cfg, char **ret, struct nbe_
 	return 0;
 }
 
+int nbe_config_load(struct nbe_config *cfg, const struct nbe_config_source *src,
+		    struct nbe_error *err)
+{
+	int r = nbe_config_defaults(cfg, src->getenv_fn);
+
+	if (r < 0)
+		return nbe_error_set(err, r, "out of memory");
+	r = nbe_config_load_file(cfg, src->path, src->required, err);
+	if (r == 0)
+		r = nbe_config_apply_env(cfg, src->getenv_fn, err);
+	for (const char *const *f = src->flags; r == 0 && f && f[0]; f += 2)
+		r = nbe_config_set(cfg, f[0], f[1], err);
+	if (r == 0 && src->identity && nbe_config_apply_nuvlaedge(cfg) < 0)
+		r = nbe_error_set(err, -ENOMEM, "out of memory");
+	if (r == 0)
+		r = nbe_config_validate(cfg, err);
+	if (r < 0)
+		nbe_config_free(cfg);
+	return r;
+}
+
 void nbe_config_free(struct nbe_config *cfg)
 {
 	if (!cfg)

@@ -110,6 +110,24 @@ int nbe_config_read_secret(const struct nbe_config *cfg, char **ret, struct nbe_
  * stricter). Returns 0, -EPERM or -errno. */
 int nbe_config_check_key(const struct nbe_config *cfg, struct nbe_error *err);
 
+/* How nbe_config_load() builds a configuration. */
+struct nbe_config_source {
+	const char *path;	  /* the file */
+	bool required;		  /* a missing file is an error (an explicit --config) */
+	nbe_getenv_fn getenv_fn;  /* the environment */
+	const char *const *flags; /* NULL, or key, value, ..., NULL: command-line flags */
+	bool identity;		  /* fill the identity from NuvlaEdge's files */
+};
+
+/*
+ * The whole precedence of DESIGN §8 in one place: defaults < file <
+ * environment < flags, then (with @src->identity) NuvlaEdge's files for
+ * what is still unset, then validation. On failure @cfg holds nothing.
+ * Returns 0, -ENOMEM, or the error of the step that failed (@err).
+ */
+int nbe_config_load(struct nbe_config *cfg, const struct nbe_config_source *src,
+		    struct nbe_error *err);
+
 /* Releases everything @cfg owns. Accepts NULL. */
 void nbe_config_free(struct nbe_config *cfg);
 
