@@ -131,8 +131,10 @@ static const char *const stmt_sql[ST__MAX] = {
 	[ST_NEXT_ATTEMPT] = "SELECT min(next_attempt_ms) FROM events WHERE state = 0",
 	[ST_FOREACH] = "SELECT " EVENT_COLS " FROM events WHERE ((1 << state) & ?1) != 0 AND "
 		       "seq > ?2 ORDER BY seq LIMIT ?3",
+	/* "+state": walk the rowid range, not the state index and a sort of the
+	 * whole backlog (12-15 ms per refill at 100k pending, 0.2 ms this way) */
 	[ST_PENDING] =
-		"SELECT " EVENT_COLS " FROM events WHERE state = 0 AND seq > ?1 ORDER BY seq "
+		"SELECT " EVENT_COLS " FROM events WHERE +state = 0 AND seq > ?1 ORDER BY seq "
 		"LIMIT ?2",
 	[ST_MARK_SENT] = "UPDATE events SET state = 1, server_id = ?2, wire = ?3, in_doubt = 0, "
 			 "last_error = NULL, attempts = attempts + 1 WHERE seq = ?1 AND state = 0",
