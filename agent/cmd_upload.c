@@ -84,17 +84,6 @@ static bool permanent(enum nbe_upload_fail f)
 /* session_open(): the daemon holds the lock; ask it instead. */
 #define FLUSH_VIA_DAEMON (-2)
 
-static int64_t meta_int(struct nbe_buffer *buf, const char *key)
-{
-	char *v = NULL;
-	int64_t n = 0;
-
-	if (nbe_buffer_meta_get(buf, key, &v, NULL) == 0 && v)
-		nbe_parse_int64(v, INT64_MIN, INT64_MAX, &n);
-	nbe_free(v);
-	return n;
-}
-
 static enum nbe_upload_fail meta_fail(struct nbe_buffer *buf, char *error, size_t size)
 {
 	char *v = NULL;
@@ -127,7 +116,7 @@ static int flush_via_daemon(struct cli *c, struct nbe_buffer *buf, int64_t deadl
 	char error[512] = "";
 	int r;
 
-	rounds0 = meta_int(buf, "rounds");
+	rounds0 = nbe_buffer_meta_get_int(buf, "rounds");
 	r = nbe_notify_send(c->cfg.runtime_dir, NBE_NOTIFY_FLUSH);
 	if (r < 0) {
 		cli_err(c,
@@ -151,7 +140,7 @@ static int flush_via_daemon(struct cli *c, struct nbe_buffer *buf, int64_t deadl
 		show_progress(&prog, total - st.pending, 0);
 		if (st.pending == 0)
 			break;
-		if (meta_int(buf, "rounds") != rounds0) {
+		if (nbe_buffer_meta_get_int(buf, "rounds") != rounds0) {
 			f = meta_fail(buf, error, sizeof(error));
 			if (permanent(f))
 				break;

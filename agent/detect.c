@@ -16,17 +16,6 @@
 #define META_ALIVE "boot_alive_ms"
 #define META_CLEAN "boot_clean_stop"
 
-static int64_t meta_int(struct nbe_buffer *buf, const char *key)
-{
-	char *v = NULL;
-	int64_t n = 0;
-
-	if (nbe_buffer_meta_get(buf, key, &v, NULL) == 0 && v)
-		nbe_parse_int64(v, INT64_MIN, INT64_MAX, &n);
-	nbe_free(v);
-	return n;
-}
-
 void detect_boot_alive(struct nbe_buffer *buf, bool clean)
 {
 	char num[32];
@@ -84,8 +73,8 @@ int detect_boot(struct nbe_buffer *buf, const char *boot_id, const char *timesyn
 	if (r < 0 && r != -ENOENT)
 		goto out;
 	planned = r == 0;
-	details = reboot_details(prev, boot_ms, meta_int(buf, META_ALIVE),
-				 meta_int(buf, META_CLEAN) == 1);
+	details = reboot_details(prev, boot_ms, nbe_buffer_meta_get_int(buf, META_ALIVE),
+				 nbe_buffer_meta_get_int(buf, META_CLEAN) == 1);
 	if (!details) {
 		r = nbe_error_set(err, -ENOMEM, "out of memory");
 		goto out;

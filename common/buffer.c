@@ -1328,6 +1328,17 @@ int nbe_buffer_meta_get(struct nbe_buffer *b, const char *key, char **ret, struc
 	return r;
 }
 
+int64_t nbe_buffer_meta_get_int(struct nbe_buffer *b, const char *key)
+{
+	char *v = NULL;
+	int64_t n = 0;
+
+	if (nbe_buffer_meta_get(b, key, &v, NULL) == 0 && v)
+		nbe_parse_int64(v, INT64_MIN, INT64_MAX, &n);
+	nbe_free(v);
+	return n;
+}
+
 int nbe_buffer_meta_set(struct nbe_buffer *b, const char *key, const char *value,
 			struct nbe_error *err)
 {

@@ -144,6 +144,8 @@ int nbe_buffer_checkpoint(struct nbe_buffer *b, struct nbe_error *err);
  * get: *ret is a new string (nbe_free()) or NULL when absent. set: NULL
  * @value deletes the key. */
 int nbe_buffer_meta_get(struct nbe_buffer *b, const char *key, char **ret, struct nbe_error *err);
+/* The value of @key as an integer; 0 when absent, unreadable or not a number. */
+int64_t nbe_buffer_meta_get_int(struct nbe_buffer *b, const char *key);
 int nbe_buffer_meta_set(struct nbe_buffer *b, const char *key, const char *value,
 			struct nbe_error *err);
 /* The same without an fsync: for state that may be lost on power failure
