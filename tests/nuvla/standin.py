@@ -1582,19 +1582,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             resp = fault.apply(resp)
         if after:
             time.sleep(after / 1000.0)
-        sent = False
-        try:
-            if resp is None:
-                self._drop(fault.rst)
-            else:
-                self._send(resp)
-                sent = True
-        except OSError:
-            self.close_connection = True
+        # Recorded before the answer goes out: a client that has its response
+        # finds the request in the log, and a late entry can never land after
+        # the next test's reset. "answered" is corrected if the write fails.
         entry = {
             "time": iso_now(), "peer": "%s:%d" % tuple(self.client_address[:2]),
             "method": method, "path": path, "query": query,
-            "status": resp.status if resp is not None else None, "answered": sent,
+            "status": resp.status if resp is not None else None, "answered": resp is not None,
             "processed_status": real_status,
             "identity": req.identity.user_id, "body": req.log_body(),
             "body_note": req.body_note, "body_bytes": len(raw),
@@ -1613,6 +1607,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
             "duration_ms": round((time.monotonic() - t0) * 1000, 1),
         }
         app.record(entry)
+        sent = False
+        try:
+            if resp is None:
+                self._drop(fault.rst)
+            else:
+                self._send(resp)
+                sent = True
+        except OSError:
+            self.close_connection = True
+        if not sent and resp is not None:
+            entry["answered"] = False
         self._log_line(path, query, entry["status"], t0, req.identity.user_id, fault)
 
     def _send(self, resp):

@@ -524,7 +524,10 @@ class EventTest(Base):
         r = c.request("POST", "/api/event", raw=raw, headers={
             "Content-Type": "application/json", "Content-Encoding": "gzip"})
         self.assertEqual(r.status, 201, r)
-        self.assertTrue(self.requests("/api/event")[0]["body"]["tags"][0].startswith("device-event/"))
+        mine = [q for q in self.requests("/api/event") if q["method"] == "POST"]
+        self.assertEqual(len(mine), 1, mine)
+        self.assertEqual(mine[0]["content_encoding"], "gzip")
+        self.assertTrue(mine[0]["body"]["tags"][0].startswith("device-event/"))
         r = c.request("POST", "/api/event", raw=b"not gzip", headers={
             "Content-Type": "application/json", "Content-Encoding": "gzip"})
         self.assertEqual(r.status, 500, r)
