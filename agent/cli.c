@@ -48,6 +48,9 @@ static const struct command commands[] = {
 	{ "retry-dead", cmd_retry_dead, "retry-dead [ID...]" },
 	{ "doctor", CMD_NET(cmd_doctor), "doctor" },
 	{ "keygen", cmd_keygen, "keygen --out DIR [--subject CN=...]" },
+	{ "activate", CMD_NET(cmd_activate), "activate [--force]" },
+	{ "commission", CMD_NET(cmd_commission), "commission --payload FILE [--replace]" },
+	{ "job", CMD_NET(cmd_job), "job run job/ID" },
 };
 
 static const struct command *find_command(const char *name)

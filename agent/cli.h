@@ -91,5 +91,12 @@ int cmd_flush(struct cli *c, int argc, char **argv);
 int cmd_retry_dead(struct cli *c, int argc, char **argv);
 int cmd_doctor(struct cli *c, int argc, char **argv);
 int cmd_keygen(struct cli *c, int argc, char **argv);
+int cmd_activate(struct cli *c, int argc, char **argv);
+int cmd_commission(struct cli *c, int argc, char **argv);
+int cmd_job(struct cli *c, int argc, char **argv);
+
+/* flush's work after its options and the configuration (nuvlabox-event-net
+ * only): uploads, or asks the daemon to, within @timeout_ms. */
+int cli_flush(struct cli *c, int64_t timeout_ms);
 
 #endif

@@ -9,6 +9,7 @@
 #include "crypto.h"
 #include "fsutil.h"
 #include "nuvla.h"
+#include "upload_setup.h"
 #include "version.h"
 
 #include <curl/curl.h>
@@ -211,26 +212,14 @@ static int check_network(struct cli *c, struct doctor *d)
 /* TLS handshake (both directions of certificate checks) and login. */
 static void check_tls_and_login(struct cli *c, struct doctor *d)
 {
-	struct nbe_nuvla_opts no = { 0 };
 	struct nbe_http_response resp = { 0 };
 	struct nbe_error err = { { 0 } };
 	struct nbe_nuvla *n = NULL;
-	char *secret = NULL, *jar;
+	char *secret = NULL;
 	int r;
 
-	jar = nbe_path_join(c->cfg.state_dir, "doctor.cookie");
-	no.endpoint = c->cfg.endpoint;
-	no.insecure = c->cfg.insecure;
-	no.ca_file = c->cfg.ca_file;
-	no.client_cert = c->cfg.client_cert;
-	no.client_key = c->cfg.client_key;
-	no.cookie_file = NULL; /* never disturb the uploader's session */
-	no.connect_timeout_ms = c->cfg.connect_timeout_ms;
-	no.request_timeout_ms = c->cfg.request_timeout_ms;
-	no.max_in_flight = 1;
-	no.user_agent = "nuvlabox-event-doctor/" NBE_VERSION;
-	nbe_free(jar);
-	r = nbe_nuvla_new(&no, &n, &err);
+	/* no jar: never disturb the uploader's session */
+	r = nuvla_client_new(&c->cfg, NULL, 1, "nuvlabox-event-doctor/" NBE_VERSION, &n, &err);
 	if (r < 0) {
 		line(d, "FAIL", "tls", "%s", err.msg);
 		return;

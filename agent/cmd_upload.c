@@ -245,12 +245,6 @@ int cmd_flush(struct cli *c, int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	struct flush_args a = { .timeout_ms = 60 * 1000 };
-	struct session s = { .lock_fd = -1 };
-	struct nbe_upload_result res = { 0 }, last = { 0 };
-	struct nbe_buffer_stats st;
-	struct nbe_error err = { { 0 } };
-	struct progress prog = { .tty = isatty(STDERR_FILENO) == 1 };
-	int64_t start = nbe_clock_monotonic_ms(), deadline, sent = 0, dead = 0, next = 0;
 	int r;
 
 	r = cli_parse(c, argc, argv, opts, flush_opt, NULL, &a);
@@ -259,7 +253,20 @@ int cmd_flush(struct cli *c, int argc, char **argv)
 	r = cli_load_config(c);
 	if (r)
 		return r;
-	deadline = start + a.timeout_ms;
+	return cli_flush(c, a.timeout_ms);
+}
+
+int cli_flush(struct cli *c, int64_t timeout_ms)
+{
+	struct session s = { .lock_fd = -1 };
+	struct nbe_upload_result res = { 0 }, last = { 0 };
+	struct nbe_buffer_stats st;
+	struct nbe_error err = { { 0 } };
+	struct progress prog = { .tty = isatty(STDERR_FILENO) == 1 };
+	int64_t start = nbe_clock_monotonic_ms(), deadline, sent = 0, dead = 0, next = 0;
+	int r;
+
+	deadline = start + timeout_ms;
 	r = session_open(c, &s);
 	if (r == FLUSH_VIA_DAEMON) {
 		r = flush_via_daemon(c, s.buf, deadline);

@@ -43,17 +43,14 @@ void upload_save_state(struct nbe_buffer *buf, const char *state, enum nbe_uploa
 	nbe_buffer_meta_set_lazy(buf, "next_attempt_ms", next_attempt_ms > 0 ? num : NULL, NULL);
 }
 
-int upload_setup(const struct nbe_config *cfg, struct nbe_buffer *buf, const char *secret,
-		 const char *boot_id, struct nbe_nuvla **ret_nuvla, struct nbe_uploader **ret_up,
-		 struct nbe_error *err)
+int nuvla_client_new(const struct nbe_config *cfg, const char *jar_name, long max_in_flight,
+		     const char *user_agent, struct nbe_nuvla **ret, struct nbe_error *err)
 {
 	struct nbe_nuvla_opts no = { 0 };
-	struct nbe_uploader_opts uo = { 0 };
-	struct nbe_nuvla *n = NULL;
-	char *jar = nbe_path_join(cfg->state_dir, NBE_COOKIE_JAR);
+	char *jar = NULL;
 	int r;
 
-	if (!jar)
+	if (jar_name && !(jar = nbe_path_join(cfg->state_dir, jar_name)))
 		return nbe_error_set(err, -ENOMEM, "out of memory");
 	no.endpoint = cfg->endpoint;
 	no.insecure = cfg->insecure;
@@ -63,10 +60,23 @@ int upload_setup(const struct nbe_config *cfg, struct nbe_buffer *buf, const cha
 	no.cookie_file = jar;
 	no.connect_timeout_ms = cfg->connect_timeout_ms;
 	no.request_timeout_ms = cfg->request_timeout_ms;
-	no.max_in_flight = (long)cfg->max_in_flight;
-	no.user_agent = "nuvlabox-event/" NBE_VERSION;
-	r = nbe_nuvla_new(&no, &n, err);
+	no.max_in_flight = max_in_flight;
+	no.user_agent = user_agent;
+	r = nbe_nuvla_new(&no, ret, err);
 	nbe_free(jar);
+	return r;
+}
+
+int upload_setup(const struct nbe_config *cfg, struct nbe_buffer *buf, const char *secret,
+		 const char *boot_id, struct nbe_nuvla **ret_nuvla, struct nbe_uploader **ret_up,
+		 struct nbe_error *err)
+{
+	struct nbe_uploader_opts uo = { 0 };
+	struct nbe_nuvla *n = NULL;
+	int r;
+
+	r = nuvla_client_new(cfg, NBE_COOKIE_JAR, (long)cfg->max_in_flight,
+			     "nuvlabox-event/" NBE_VERSION, &n, err);
 	if (r < 0)
 		return r;
 	uo.buf = buf;

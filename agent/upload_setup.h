@@ -15,6 +15,13 @@
 #define NBE_COOKIE_JAR "session.cookie"
 
 /*
+ * A Nuvla client for @cfg (endpoint, TLS, timeouts) with the cookie jar
+ * @jar_name in the state directory, or none (NULL). Returns 0 or -errno.
+ */
+int nuvla_client_new(const struct nbe_config *cfg, const char *jar_name, long max_in_flight,
+		     const char *user_agent, struct nbe_nuvla **ret, struct nbe_error *err);
+
+/*
  * Makes the client (cookie jar in the state directory) and the uploader for
  * @cfg over @buf. @secret and @boot_id are copied. Returns 0 or -errno with
  * @err set.

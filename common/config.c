@@ -4,6 +4,7 @@
 #include "clock.h"
 #include "fsutil.h"
 #include "ids.h"
+#include "credential.h"
 #include "nuvlaedge.h"
 #include "parse.h"
 #include "sysinfo.h"
@@ -70,6 +71,8 @@ static const struct key_def keys[] = {
 	{ "runtime_dir", T_PATH, OFF(runtime_dir), 0, 0 },
 	{ "boot_id_file", T_PATH, OFF(boot_id_file), 0, 0 },
 	{ "timesync_file", T_PATH, OFF(timesync_file), 0, 0 },
+	{ "reboot_command", T_STRING, OFF(reboot_command), 0, 0 },
+	{ "job_flush_timeout", T_DURATION, OFF(job_flush_timeout_ms), 0, 3600 * 1000 },
 };
 
 _Static_assert(sizeof(keys) / sizeof(keys[0]) <= 32, "explicit_keys has 32 bits");
@@ -325,7 +328,9 @@ int nbe_config_defaults(struct nbe_config *cfg, nbe_getenv_fn getenv_fn)
 	cfg->state_check_interval_ms = 3600 * 1000;
 	cfg->max_in_flight = 8;
 	cfg->log_level = NBE_LOG_INFO;
+	cfg->job_flush_timeout_ms = 10 * 1000;
 	if (set_string(&cfg->endpoint, "https://nuvla.io") < 0 ||
+	    set_string(&cfg->reboot_command, "systemctl reboot") < 0 ||
 	    set_string(&cfg->nuvlaedge_dir, "/var/lib/nuvlaedge") < 0 ||
 	    set_string(&cfg->state_dir, "/var/lib/nuvlabox-event") < 0 ||
 	    set_string(&cfg->boot_id_file, NBE_BOOT_ID_FILE) < 0 ||
@@ -493,6 +498,53 @@ static int take(char **slot, char **from)
 	return 0;
 }
 
+/*
+ * The credential `activate` wrote into the state directory, for what the
+ * file, the environment and flags left unset. A bad file is a note, as for
+ * NuvlaEdge's files. Returns 0 or -ENOMEM.
+ */
+static int apply_own_credential(struct nbe_config *cfg)
+{
+	struct nbe_credential c;
+	struct nbe_error err = { { 0 } };
+	char *path;
+	int r;
+
+	if (cfg->api_key || cfg->api_secret || cfg->api_secret_file)
+		return 0;
+	path = nbe_path_join(cfg->state_dir, NBE_CREDENTIAL_FILE);
+	if (!path)
+		return -ENOMEM;
+	r = nbe_credential_read(path, &c, &err);
+	if (r == -ENOMEM) {
+		nbe_free(path);
+		return r;
+	}
+	if (r < 0) {
+		nbe_free(path);
+		if (r == -ENOENT)
+			return 0;
+		cfg->identity_note = nbe_strdup(err.msg);
+		return cfg->identity_note ? 0 : -ENOMEM;
+	}
+	if (cfg->nuvlabox_id && strcmp(cfg->nuvlabox_id, c.nuvlabox_id) != 0) {
+		char note[NBE_ERROR_MAX];
+		snprintf(note, sizeof(note), "%s belongs to %s, not to the configured %s; not used",
+			 path, c.nuvlabox_id, cfg->nuvlabox_id);
+		nbe_free(path);
+		nbe_credential_clear(&c);
+		cfg->identity_note = nbe_strdup(note);
+		return cfg->identity_note ? 0 : -ENOMEM;
+	}
+	if (!cfg->nuvlabox_id)
+		take(&cfg->nuvlabox_id, &c.nuvlabox_id);
+	take(&cfg->api_key, &c.api_key);
+	take(&cfg->api_secret, &c.api_secret);
+	nbe_credential_clear(&c);
+	cfg->identity_source = path;
+	return 0;
+}
+
 int nbe_config_apply_nuvlaedge(struct nbe_config *cfg)
 {
 	static const char *const legacy[] = { "/srv/nuvlaedge/shared", "/srv/nuvlabox/shared" };
@@ -503,6 +555,11 @@ int nbe_config_apply_nuvlaedge(struct nbe_config *cfg)
 
 	nbe_free(cfg->identity_note);
 	cfg->identity_note = NULL;
+	nbe_free(cfg->identity_source);
+	cfg->identity_source = NULL;
+	r = apply_own_credential(cfg);
+	if (r < 0)
+		return r;
 	if (cfg->nuvlabox_id && cfg->api_key)
 		return 0; /* configured: NuvlaEdge's files are not needed */
 	r = nbe_nuvlaedge_read(cfg->nuvlaedge_dir, &id, &err);
@@ -515,6 +572,8 @@ int nbe_config_apply_nuvlaedge(struct nbe_config *cfg)
 			err = e2;
 	}
 	if (r < 0) {
+		if (cfg->identity_note)
+			return 0; /* what went wrong with credential.json says more */
 		cfg->identity_note = nbe_strdup(err.msg);
 		return cfg->identity_note ? 0 : -ENOMEM;
 	}

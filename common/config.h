@@ -52,6 +52,8 @@ struct nbe_config {
 	char *runtime_dir;
 	char *boot_id_file;
 	char *timesync_file;
+	char *reboot_command;	      /* argv split on blanks, no shell (job run) */
+	int64_t job_flush_timeout_ms; /* job run: upload before a reboot, at most this */
 
 	uint32_t explicit_keys; /* keys set by the file, the environment or a flag */
 	char *identity_note;	/* why NuvlaEdge's files gave no identity, or NULL */

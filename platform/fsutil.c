@@ -125,7 +125,30 @@ static int write_all(int fd, const void *data, size_t len)
 	return 0;
 }
 
+/* The owner a new file gets: @uid/@gid, or the directory's (-1). */
+static int set_owner(int fd, const char *path, uid_t uid, gid_t gid)
+{
+	if (uid == (uid_t)-1)
+		return nbe_chown_like_parent(fd, path);
+	return fchown(fd, uid, gid) == 0 ? 0 : -errno;
+}
+
+static int write_atomic(const char *path, const void *data, size_t len, mode_t mode, uid_t uid,
+			gid_t gid);
+
 int nbe_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode)
+{
+	return write_atomic(path, data, len, mode, (uid_t)-1, (gid_t)-1);
+}
+
+int nbe_replace_file_as(const char *path, const void *data, size_t len, mode_t mode, uid_t uid,
+			gid_t gid)
+{
+	return write_atomic(path, data, len, mode, uid, gid);
+}
+
+static int write_atomic(const char *path, const void *data, size_t len, mode_t mode, uid_t uid,
+			gid_t gid)
 {
 	size_t tlen = strlen(path) + sizeof(".tmp.XXXXXX");
 	char *tmp = nbe_malloc(tlen);
@@ -143,7 +166,7 @@ int nbe_write_file_atomic(const char *path, const void *data, size_t len, mode_t
 		r = -errno;
 		goto err_unlink;
 	}
-	r = nbe_chown_like_parent(fd, path);
+	r = set_owner(fd, path, uid, gid);
 	if (r < 0)
 		goto err_unlink;
 	r = write_all(fd, data, len);

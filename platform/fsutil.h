@@ -37,6 +37,15 @@ int nbe_read_file(const char *path, size_t max_bytes, char **ret_data, size_t *r
 int nbe_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode);
 
 /*
+ * The same, for a file that belongs to someone else (authorized_keys): the
+ * new file gets exactly @mode, @uid and @gid (the old file's), so replacing
+ * it changes nothing but its content. Needs the right to chown (root) unless
+ * @uid/@gid are the caller's. Returns 0 or -errno.
+ */
+int nbe_replace_file_as(const char *path, const void *data, size_t len, mode_t mode, uid_t uid,
+			gid_t gid);
+
+/*
  * Takes an exclusive flock(2) on @path (created with @mode if missing)
  * without waiting. On success *ret_fd holds the lock until closed. Returns
  * 0, -EWOULDBLOCK when another process holds it, or -errno.
