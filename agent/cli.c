@@ -4,6 +4,8 @@
  */
 #include "cli.h"
 
+#include "helper.h"
+
 #include "alloc.h"
 #include "fsutil.h"
 #include "json.h"
@@ -282,25 +284,13 @@ static void print_help(const char *prog)
  * a build tree, else where the package installs it. */
 static int cmd_exec_net(struct cli *c, int argc, char **argv)
 {
-	char self[4096], path[4200];
-	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	char path[4200];
 	char **args = nbe_calloc((size_t)argc + 3, sizeof(*args));
 	int k = 0;
 
 	if (!args)
 		return EX_OSERR;
-	path[0] = '\0';
-	if (n > 0) {
-		char *slash;
-		self[n] = '\0';
-		slash = strrchr(self, '/');
-		if (slash) {
-			*slash = '\0';
-			snprintf(path, sizeof(path), "%s/nuvlabox-event-net", self);
-		}
-	}
-	if (!path[0] || access(path, X_OK) != 0)
-		snprintf(path, sizeof(path), "%s/nuvlabox-event-net", NBE_LIBEXEC_DIR);
+	nbe_net_helper_path(path, sizeof(path));
 	/* argv without the command word (main removed it): put it back */
 	args[k++] = argv[0];
 	args[k++] = (char *)(uintptr_t)c->command;

@@ -8,6 +8,7 @@
 #include "config.h"
 #include "event.h"
 #include "detect.h"
+#include "jobpull.h"
 #include "keywatch.h"
 #include "newatch.h"
 #include "buffer.h"
@@ -63,6 +64,8 @@ enum {
 	FD_KEYTIMER,
 	FD_NUVLAEDGE,
 	FD_STATECHECK,
+	FD_JOBTIMER,
+	FD_JOBCHILD,
 	FD_COUNT
 };
 
@@ -96,6 +99,8 @@ struct daemon {
 	bool decommissioned; /* refused after a decommission: retry only when asked */
 	int64_t auth_failures;
 	bool fail_network; /* the last failure had no HTTP answer */
+	struct jobpull *jobs;
+	int wake_fds[2];
 };
 
 static const char *env_get(const char *name)
@@ -594,6 +599,9 @@ static void describe_changes(const struct nbe_config *a, const struct nbe_config
 		{ "max_in_flight", a->max_in_flight != b->max_in_flight },
 		{ "log_level", a->log_level != b->log_level },
 		{ "runtime_dir", STR_DIFF(runtime_dir) },
+		{ "job_pull", a->job_pull != b->job_pull },
+		{ "heartbeat_interval", a->heartbeat_interval_ms != b->heartbeat_interval_ms },
+		{ "reboot_command", STR_DIFF(reboot_command) },
 	};
 #undef STR_DIFF
 	size_t off = 0;
@@ -637,6 +645,8 @@ static void reload(struct daemon *d)
 		log_warning("insecure = true: the server's certificate is NOT verified");
 	if (setup_uploader(d) == 0)
 		install_interrupt(d);
+	if (d->jobs)
+		jobpull_reload(d->jobs);
 	/* a new configuration deserves a try now */
 	d->work = true;
 	d->next_attempt = 0;
@@ -715,6 +725,29 @@ static int take_lock(struct daemon *d)
 		log_error("%s: %s", path, strerror(-r));
 	nbe_free(path);
 	return r;
+}
+
+/* Job pulling (off unless job_pull): its timer and its running job. */
+static void setup_jobs(struct daemon *d)
+{
+	struct jobpull_opts o = { 0 };
+	struct nbe_error err = { { 0 } };
+
+	d->wake_fds[0] = d->fds[FD_SIGNAL].fd;
+	d->wake_fds[1] = d->fds[FD_WATCHDOG].fd;
+	o.cfg = &d->cfg;
+	o.config_path = d->config_path;
+	o.secret = &d->secret;
+	o.buf = d->buf;
+	o.wake_fds = d->wake_fds;
+	o.n_wake = d->fds[FD_WATCHDOG].fd >= 0 ? 2 : 1;
+	o.interrupt = interrupt_check;
+	o.interrupt_userdata = d;
+	if (jobpull_new(&o, &d->jobs, &err) < 0) {
+		log_error("jobs: %s", err.msg);
+		return;
+	}
+	d->fds[FD_JOBTIMER].fd = jobpull_timer_fd(d->jobs);
 }
 
 static int setup(struct daemon *d)
@@ -831,11 +864,14 @@ static int setup(struct daemon *d)
 		return EX_IOERR;
 	if (setup_uploader(d) == 0)
 		install_interrupt(d);
+	setup_jobs(d);
 	return 0;
 }
 
 static void teardown(struct daemon *d)
 {
+	jobpull_free(d->jobs);
+	d->fds[FD_JOBTIMER].fd = d->fds[FD_JOBCHILD].fd = -1; /* closed by jobpull_free() */
 	keywatch_free(d->keys);
 	d->fds[FD_KEYS].fd = -1; /* closed by keywatch_free() */
 	newatch_free(d->nuvlaedge);
@@ -903,6 +939,13 @@ static void loop(struct daemon *d)
 		}
 		if (d->fds[FD_NET].fd >= 0 && (d->fds[FD_NET].revents & POLLIN))
 			read_net(d);
+		if (d->jobs && (d->fds[FD_JOBTIMER].revents & POLLIN))
+			jobpull_tick(d->jobs);
+		if (d->jobs && d->fds[FD_JOBCHILD].fd >= 0 &&
+		    (d->fds[FD_JOBCHILD].revents & POLLIN))
+			jobpull_reap(d->jobs);
+		if (d->jobs)
+			d->fds[FD_JOBCHILD].fd = jobpull_child_fd(d->jobs);
 		if (d->fds[FD_WATCHDOG].fd >= 0 && (d->fds[FD_WATCHDOG].revents & POLLIN))
 			watchdog_tick(d);
 		bool changed = false;

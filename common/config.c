@@ -73,9 +73,11 @@ static const struct key_def keys[] = {
 	{ "timesync_file", T_PATH, OFF(timesync_file), 0, 0 },
 	{ "reboot_command", T_STRING, OFF(reboot_command), 0, 0 },
 	{ "job_flush_timeout", T_DURATION, OFF(job_flush_timeout_ms), 0, 3600 * 1000 },
+	{ "job_pull", T_BOOL, OFF(job_pull), 0, 0 },
+	{ "heartbeat_interval", T_DURATION, OFF(heartbeat_interval_ms), 1000, 3600 * 1000 },
 };
 
-_Static_assert(sizeof(keys) / sizeof(keys[0]) <= 32, "explicit_keys has 32 bits");
+_Static_assert(sizeof(keys) / sizeof(keys[0]) <= 64, "explicit_keys has 64 bits");
 
 static const char *const level_names[] = {
 	[NBE_LOG_ERROR] = "error", [NBE_LOG_WARNING] = "warning", [NBE_LOG_NOTICE] = "notice",
@@ -192,7 +194,7 @@ static int set_value(struct nbe_config *cfg, const struct key_def *def, const ch
 	int64_t v;
 	int r = 0;
 
-	cfg->explicit_keys |= UINT32_C(1) << (def - keys);
+	cfg->explicit_keys |= UINT64_C(1) << (def - keys);
 	switch (def->type) {
 	case T_STRING:
 	case T_PATH:
@@ -329,6 +331,7 @@ int nbe_config_defaults(struct nbe_config *cfg, nbe_getenv_fn getenv_fn)
 	cfg->max_in_flight = 8;
 	cfg->log_level = NBE_LOG_INFO;
 	cfg->job_flush_timeout_ms = 10 * 1000;
+	cfg->heartbeat_interval_ms = 20 * 1000;
 	if (set_string(&cfg->endpoint, "https://nuvla.io") < 0 ||
 	    set_string(&cfg->reboot_command, "systemctl reboot") < 0 ||
 	    set_string(&cfg->nuvlaedge_dir, "/var/lib/nuvlaedge") < 0 ||
@@ -487,7 +490,7 @@ static bool is_explicit(const struct nbe_config *cfg, const char *name)
 {
 	const struct key_def *def = find_key(name);
 
-	return def && (cfg->explicit_keys & (UINT32_C(1) << (def - keys)));
+	return def && (cfg->explicit_keys & (UINT64_C(1) << (def - keys)));
 }
 
 static int take(char **slot, char **from)

@@ -54,8 +54,10 @@ struct nbe_config {
 	char *timesync_file;
 	char *reboot_command;	      /* argv split on blanks, no shell (job run) */
 	int64_t job_flush_timeout_ms; /* job run: upload before a reboot, at most this */
+	bool job_pull;		      /* the daemon heartbeats and runs the jobs it gets */
+	int64_t heartbeat_interval_ms;
 
-	uint32_t explicit_keys; /* keys set by the file, the environment or a flag */
+	uint64_t explicit_keys; /* keys set by the file, the environment or a flag */
 	char *identity_note;	/* why NuvlaEdge's files gave no identity, or NULL */
 	char *identity_source;	/* the NuvlaEdge file the identity came from, or NULL */
 };

@@ -410,5 +410,85 @@ class JobTest(LifecycleBase):
         self.assertEqual(p.returncode, EX_USAGE)
 
 
+class JobPullTest(JobTest):
+    """The daemon's optional job pulling; inherits the keys and the fake reboot."""
+
+    def pull_config(self, **over):
+        return self.config(boot_id_file=self.boot_file, job_pull="true",
+                           heartbeat_interval="1s", **over)
+
+    def requests(self, path):
+        return [r for r in self.ctl("GET", "requests")["requests"]
+                if r["path"] == path or r["path"].startswith(path + "/")]
+
+    def heartbeats(self):
+        nb = self.env["NUVLA_TEST_NUVLABOX_ID"].split("/")[1]
+        return self.ctl("GET", "nuvlabox/" + nb)["heartbeats"]
+
+    # the JobTest tests run once, in JobTest
+    test_reboot_job_end_to_end = None
+    test_a_failing_reboot_command_is_a_failed_event = None
+    test_ssh_key_jobs_keep_every_other_line_the_owner_and_the_mode = None
+    test_a_key_sshd_would_not_accept_fails_the_job = None
+    test_unsupported_final_canceled_and_made_final_meanwhile = None
+
+    def test_off_by_default(self):
+        d = self.start_daemon()
+        time.sleep(2.5)
+        self.stop_daemon(d)
+        self.assertEqual(self.heartbeats(), 0)
+
+    def test_each_job_runs_once_and_one_at_a_time(self):
+        self.write_ak("# keys\n")
+        self.conf = self.pull_config()
+        a = self.job("nuvlabox_add_ssh_key", **{"public-key": self.keys["ed25519"][0]})
+        b = self.job("nuvlabox_add_ssh_key", **{"public-key": self.keys["ecdsa"][0]})
+        # a third job that stays listed: its every edit fails
+        stuck = self.job("nuvlabox_update")
+        self.ctl("POST", "faults", {"kind": "status", "status": 503, "count": None,
+                                    "method": "PUT", "path": "/api/" + stuck["id"]})
+        d = self.start_daemon()
+        ok = wait_for(lambda: all(self.job_doc(j["id"])["state"] == "SUCCESS" for j in (a, b)),
+                      20)
+        self.assertTrue(ok, self.daemon_log())
+        # several more heartbeats list the stuck job again and again
+        n = self.heartbeats()
+        self.assertTrue(wait_for(lambda: self.heartbeats() >= n + 3, 10), self.daemon_log())
+        self.stop_daemon(d)
+        # a restart does not run it again either
+        d = self.start_daemon()
+        n = self.heartbeats()
+        self.assertTrue(wait_for(lambda: self.heartbeats() >= n + 2, 10), self.daemon_log())
+        self.stop_daemon(d)
+        for j in (a, b, stuck):
+            gets = [r for r in self.requests("/api/" + j["id"]) if r["method"] == "GET"]
+            self.assertEqual(len(gets), 1, (j["id"], self.daemon_log()))
+        # never two at once: b started after a ended, or a after b
+        span = {}
+        for j in (a, b):
+            seqs = [r["seq"] for r in self.requests("/api/" + j["id"])]
+            span[j["id"]] = (min(seqs), max(seqs))
+        (s1, e1), (s2, e2) = sorted(span.values())
+        self.assertLess(e1, s2, span)
+        with open(self.ak) as f:
+            text = f.read()
+        self.assertIn(self.keys["ed25519"][0], text)
+        self.assertIn(self.keys["ecdsa"][0], text)
+        self.assertIn("jobs: running " + a["id"], self.daemon_log())
+
+    def test_a_reboot_job_pulled_by_the_daemon(self):
+        self.conf = self.pull_config(reboot_command=os.path.join(self.dir, "fake-reboot") + " x",
+                                     job_flush_timeout="5s")
+        d = self.start_daemon()
+        jid = self.job("reboot_nuvlabox")["id"]
+        self.assertTrue(wait_for(lambda: os.path.exists(self.marker), 15), self.daemon_log())
+        self.assertEqual(self.job_doc(jid)["state"], "SUCCESS")
+        # the job's flush went through the daemon, which uploaded the request
+        self.assertTrue(wait_for(lambda: self.status()["pending"] == 0, 10))
+        self.stop_daemon(d)
+        self.assertEqual(self.server_by_tag()[self.named("nuvlabox.reboot")[0]["id"]]["parent"],
+                         jid)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

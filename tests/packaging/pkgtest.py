@@ -311,9 +311,11 @@ def step_unit(r):
                 (p.stdout + p.stderr).strip() or "clean")
         score2, p = exposure(unit)
         r.info("exposure with the standalone-jobs drop-in (widened on purpose)", str(score2))
-        boot = [l for l in p.stdout.splitlines() if "CapabilityBoundingSet=~CAP_SYS_BOOT" in l]
-        r.check(bool(boot) and boot[0].lstrip().startswith("\u2717"),
-                "the drop-in is applied (it grants CAP_SYS_BOOT)", boot[0] if boot else "")
+        # the base unit has no CAP_CHOWN (its line is a pass), the drop-in grants it
+        chown = [l for l in p.stdout.splitlines()
+                 if "CapabilityBoundingSet=~" in l and "CHOWN" in l]
+        r.check(bool(chown) and chown[0].lstrip().startswith("\u2717"),
+                "the drop-in is applied (it grants CAP_CHOWN)", chown[0] if chown else "")
 
     # sysusers.d and tmpfiles.d, applied to a scratch root
     with tempfile.TemporaryDirectory(prefix="nbe-sysusers-") as d:

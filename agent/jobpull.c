@@ -1,0 +1,355 @@
+#include "jobpull.h"
+
+#include "alloc.h"
+#include "helper.h"
+#include "ids.h"
+#include "json.h"
+#include "log.h"
+#include "upload_setup.h"
+#include "version.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/timerfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* Ids remembered as run (the server deletes final jobs after 7 days). */
+#define SEEN_MAX  128
+#define QUEUE_MAX 32
+#define META_SEEN "jobs_run"
+#define JOB_JAR	  "jobs.cookie"
+
+struct jobpull {
+	struct jobpull_opts o;
+	struct nbe_nuvla *n; /* made on first use, dropped on reload */
+	int timer_fd;
+	pid_t child;
+	int child_fd;
+	char running[NBE_HREF_MAX + 1];
+	char seen[SEEN_MAX][NBE_HREF_MAX + 1];
+	unsigned nseen, seen_next;
+	char queue[QUEUE_MAX][NBE_HREF_MAX + 1];
+	unsigned nqueue;
+	char last_problem[600]; /* logged once per episode */
+};
+
+static void arm(struct jobpull *jp, int64_t ms)
+{
+	struct itimerspec its = { 0 };
+
+	if (ms > 0) {
+		its.it_value.tv_sec = (time_t)(ms / 1000);
+		its.it_value.tv_nsec = (long)(ms % 1000) * 1000000L;
+		its.it_interval = its.it_value;
+	}
+	timerfd_settime(jp->timer_fd, 0, &its, NULL);
+}
+
+static bool seen(const struct jobpull *jp, const char *id)
+{
+	for (unsigned i = 0; i < jp->nseen; i++) {
+		if (strcmp(jp->seen[i], id) == 0)
+			return true;
+	}
+	return false;
+}
+
+static void load_seen(struct jobpull *jp)
+{
+	char *text = NULL;
+	cJSON *arr, *it;
+
+	if (nbe_buffer_meta_get(jp->o.buf, META_SEEN, &text, NULL) < 0 || !text)
+		return;
+	arr = cJSON_Parse(text);
+	cJSON_ArrayForEach(it, arr)
+	{
+		if (cJSON_IsString(it) && nbe_href_is(it->valuestring, "job") &&
+		    jp->nseen < SEEN_MAX)
+			snprintf(jp->seen[jp->nseen++], sizeof(jp->seen[0]), "%s", it->valuestring);
+	}
+	jp->seen_next = jp->nseen % SEEN_MAX;
+	cJSON_Delete(arr);
+	nbe_free(text);
+}
+
+/* Remembers @id as run, durably, before it runs. Returns 0 or -errno. */
+static int mark_seen(struct jobpull *jp, const char *id)
+{
+	struct nbe_error err = { { 0 } };
+	cJSON *arr = cJSON_CreateArray();
+	char *text = NULL;
+	int r;
+
+	snprintf(jp->seen[jp->seen_next], sizeof(jp->seen[0]), "%s", id);
+	jp->seen_next = (jp->seen_next + 1) % SEEN_MAX;
+	if (jp->nseen < SEEN_MAX)
+		jp->nseen++;
+	for (unsigned i = 0; arr && i < jp->nseen; i++) {
+		if (!cJSON_AddItemToArray(arr, cJSON_CreateString(jp->seen[i]))) {
+			cJSON_Delete(arr);
+			arr = NULL;
+		}
+	}
+	text = arr ? cJSON_PrintUnformatted(arr) : NULL;
+	cJSON_Delete(arr);
+	if (!text)
+		return -ENOMEM;
+	r = nbe_buffer_meta_set(jp->o.buf, META_SEEN, text, &err);
+	nbe_free(text);
+	if (r < 0)
+		log_error("jobs: cannot remember %s as run: %s", id, err.msg);
+	return r;
+}
+
+int jobpull_new(const struct jobpull_opts *o, struct jobpull **ret, struct nbe_error *err)
+{
+	struct jobpull *jp = nbe_calloc(1, sizeof(*jp));
+
+	if (!jp)
+		return nbe_error_set(err, -ENOMEM, "out of memory");
+	jp->o = *o;
+	jp->child_fd = -1;
+	jp->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	if (jp->timer_fd < 0) {
+		int e = errno;
+		nbe_free(jp);
+		return nbe_error_set(err, -e, "timerfd: %s", strerror(e));
+	}
+	load_seen(jp);
+	jobpull_reload(jp);
+	*ret = jp;
+	return 0;
+}
+
+void jobpull_free(struct jobpull *jp)
+{
+	if (!jp)
+		return;
+	nbe_nuvla_free(jp->n);
+	if (jp->child_fd >= 0)
+		close(jp->child_fd);
+	close(jp->timer_fd);
+	nbe_free(jp);
+}
+
+void jobpull_reload(struct jobpull *jp)
+{
+	nbe_nuvla_free(jp->n);
+	jp->n = NULL;
+	jp->last_problem[0] = '\0';
+	if (jp->o.cfg->job_pull) {
+		log_info("jobs: pulling, a heartbeat every %" PRId64 " ms",
+			 jp->o.cfg->heartbeat_interval_ms);
+		arm(jp, jp->o.cfg->heartbeat_interval_ms);
+	} else {
+		arm(jp, 0);
+	}
+}
+
+int jobpull_timer_fd(const struct jobpull *jp)
+{
+	return jp->timer_fd;
+}
+
+int jobpull_child_fd(const struct jobpull *jp)
+{
+	return jp->child_fd;
+}
+
+/* Logs @msg once until the problem changes or goes away. */
+static void problem(struct jobpull *jp, const char *msg)
+{
+	if (strcmp(jp->last_problem, msg) != 0) {
+		log_warning("jobs: %s", msg);
+		snprintf(jp->last_problem, sizeof(jp->last_problem), "%s", msg);
+	}
+}
+
+static int client(struct jobpull *jp)
+{
+	struct nbe_error err = { { 0 } };
+
+	if (jp->n)
+		return 0;
+	if (nuvla_client_new(jp->o.cfg, JOB_JAR, 1, "nuvlabox-event/" NBE_VERSION, &jp->n, &err) <
+	    0) {
+		problem(jp, err.msg);
+		return -1;
+	}
+	nbe_nuvla_set_interrupt(jp->n, jp->o.wake_fds, jp->o.n_wake, jp->o.interrupt,
+				jp->o.interrupt_userdata);
+	return 0;
+}
+
+/* POSTs the heartbeat, logging in once on 403. Returns 0 with @resp set
+ * (any class), or -1 (logged). */
+static int heartbeat(struct jobpull *jp, struct nbe_http_response *resp)
+{
+	const struct nbe_config *cfg = jp->o.cfg;
+	struct nbe_error err = { { 0 } };
+	char path[NBE_HREF_MAX + 32];
+
+	snprintf(path, sizeof(path), "/api/%s/heartbeat", cfg->nuvlabox_id);
+	for (int attempt = 0; attempt < 2; attempt++) {
+		nbe_http_response_clear(resp);
+		if (nbe_nuvla_request(jp->n, "POST", path, NULL, resp, &err) < 0) {
+			problem(jp, err.msg);
+			return -1;
+		}
+		if (attempt == 0 && resp->cls == NBE_HTTP_NUVLA_ERROR && resp->status == 403) {
+			const char *secret = *jp->o.secret;
+			nbe_nuvla_drop_session(jp->n);
+			if (!secret || !cfg->api_key) {
+				problem(jp, "no credential to send heartbeats with");
+				return -1;
+			}
+			nbe_http_response_clear(resp);
+			if (nbe_nuvla_login(jp->n, cfg->api_key, secret, resp, &err) < 0) {
+				problem(jp, err.msg);
+				return -1;
+			}
+			if (resp->cls != NBE_HTTP_OK)
+				return 0; /* the login's failure is the outcome */
+			continue;
+		}
+		break;
+	}
+	return 0;
+}
+
+/* Queues the new job ids of a heartbeat answer, oldest first. */
+static void take_jobs(struct jobpull *jp, const char *body)
+{
+	cJSON *doc = nbe_json_parse_object(body ? body : ""), *jobs, *it;
+
+	jobs = cJSON_GetObjectItemCaseSensitive(doc, "jobs");
+	jp->nqueue = 0;
+	cJSON_ArrayForEach(it, jobs)
+	{
+		const char *id = cJSON_IsString(it) ? it->valuestring : NULL;
+		if (!id || !nbe_href_is(id, "job") || strlen(id) > NBE_HREF_MAX || seen(jp, id) ||
+		    strcmp(id, jp->running) == 0 || jp->nqueue == QUEUE_MAX)
+			continue;
+		snprintf(jp->queue[jp->nqueue++], sizeof(jp->queue[0]), "%s", id);
+	}
+	cJSON_Delete(doc);
+}
+
+static int pidfd_of(pid_t pid)
+{
+#ifdef SYS_pidfd_open
+	return (int)syscall(SYS_pidfd_open, pid, 0);
+#else
+	(void)pid;
+	errno = ENOSYS;
+	return -1;
+#endif
+}
+
+/* Starts the next queued job, if none runs. */
+static void start_next(struct jobpull *jp)
+{
+	char helper[4200], *argv[7];
+	sigset_t none;
+	pid_t pid;
+
+	if (jp->child > 0 || jp->nqueue == 0)
+		return;
+	snprintf(jp->running, sizeof(jp->running), "%s", jp->queue[0]);
+	memmove(jp->queue[0], jp->queue[1], (jp->nqueue - 1) * sizeof(jp->queue[0]));
+	jp->nqueue--;
+	if (mark_seen(jp, jp->running) < 0) {
+		/* not run: without the mark a restart could run it twice */
+		jp->running[0] = '\0';
+		return;
+	}
+	nbe_net_helper_path(helper, sizeof(helper));
+	argv[0] = helper;
+	argv[1] = (char *)(uintptr_t) "--config";
+	argv[2] = (char *)(uintptr_t)jp->o.config_path;
+	argv[3] = (char *)(uintptr_t) "job";
+	argv[4] = (char *)(uintptr_t) "run";
+	argv[5] = jp->running;
+	argv[6] = NULL;
+	fflush(NULL);
+	pid = fork();
+	if (pid == 0) {
+		/* the daemon blocks and ignores signals: the job must not */
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		signal(SIGPIPE, SIG_DFL);
+		execv(helper, argv);
+		_exit(127);
+	}
+	if (pid < 0) {
+		log_error("jobs: cannot start %s: %s", jp->running, strerror(errno));
+		jp->running[0] = '\0';
+		return;
+	}
+	jp->child = pid;
+	jp->child_fd = pidfd_of(pid);
+	log_info("jobs: running %s (pid %ld)", jp->running, (long)pid);
+}
+
+void jobpull_tick(struct jobpull *jp)
+{
+	struct nbe_http_response resp = { 0 };
+	uint64_t x;
+
+	if (read(jp->timer_fd, &x, sizeof(x)) < 0 && errno != EAGAIN)
+		return;
+	if (jp->child > 0 && jp->child_fd < 0)
+		jobpull_reap(jp); /* no pidfd: look now and then */
+	if (!jp->o.cfg->job_pull || !jp->o.cfg->nuvlabox_id || client(jp) < 0)
+		return;
+	if (heartbeat(jp, &resp) < 0)
+		goto out;
+	if (resp.cls != NBE_HTTP_OK) {
+		char msg[sizeof(resp.message) + 32];
+		snprintf(msg, sizeof(msg), "heartbeat: %s", resp.message);
+		problem(jp, msg);
+		goto out;
+	}
+	if (jp->last_problem[0])
+		log_notice("jobs: heartbeats answered again");
+	jp->last_problem[0] = '\0';
+	take_jobs(jp, resp.body);
+	start_next(jp);
+out:
+	nbe_http_response_clear(&resp);
+}
+
+void jobpull_reap(struct jobpull *jp)
+{
+	int status = 0;
+	pid_t r;
+
+	if (jp->child <= 0)
+		return;
+	r = waitpid(jp->child, &status, jp->child_fd >= 0 ? 0 : WNOHANG);
+	if (r == 0)
+		return;
+	if (r == jp->child) {
+		if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+			log_info("jobs: %s done", jp->running);
+		else if (WIFEXITED(status))
+			log_warning("jobs: %s ended with exit status %d", jp->running,
+				    WEXITSTATUS(status));
+		else
+			log_warning("jobs: %s was killed by signal %d", jp->running,
+				    WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+	}
+	if (jp->child_fd >= 0)
+		close(jp->child_fd);
+	jp->child_fd = -1;
+	jp->child = 0;
+	jp->running[0] = '\0';
+	start_next(jp);
+}
