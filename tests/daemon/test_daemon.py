@@ -50,6 +50,23 @@ def wait_for(pred, timeout, step=0.02):
     return pred()
 
 
+def make_ssh_keys(kdir, specs, comment):
+    """Generates keys with ssh-keygen: specs is ((type, [extra args]), ...).
+    Returns {type: (public key line, fingerprint as ssh-keygen -l prints it)}."""
+    os.mkdir(kdir)
+    keys = {}
+    for t, extra in specs:
+        path = os.path.join(kdir, t)
+        subprocess.run(["ssh-keygen", "-q", "-t", t, *extra, "-N", "", "-C", f"{t}@{comment}",
+                        "-f", path], check=True)
+        with open(path + ".pub") as f:
+            pub = f.read().strip()
+        fp = subprocess.run(["ssh-keygen", "-lf", path + ".pub"], capture_output=True,
+                            text=True, check=True).stdout.split()[1]
+        keys[t] = (pub, fp)
+    return keys
+
+
 class DaemonBase(unittest.TestCase):
     extra_addresses = ()
     extra_names = ()

@@ -5,14 +5,13 @@ file deleted and re-created, the directory created later; a producer's
 request linked; nothing reported twice across restarts."""
 import json
 import os
-import subprocess
 import sys
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.dont_write_bytecode = True
 sys.path.insert(0, HERE)
-from test_daemon import DaemonBase, wait_for  # noqa: E402
+from test_daemon import DaemonBase, make_ssh_keys, wait_for  # noqa: E402
 
 JOB = "job/2a3b4c5d-6e7f-4a8b-9c0d-1e2f3a4b5c6d"
 
@@ -21,17 +20,9 @@ class KeysTest(DaemonBase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.keys = {}
-        kdir = os.path.join(cls.tmp, "keys")
-        os.mkdir(kdir)
-        for t, extra in (("ed25519", []), ("rsa", ["-b", "2048"]), ("ecdsa", ["-b", "256"])):
-            path = os.path.join(kdir, t)
-            subprocess.run(["ssh-keygen", "-q", "-t", t, *extra, "-N", "", "-C", f"{t}@test",
-                            "-f", path], check=True)
-            pub = open(path + ".pub").read().strip()
-            fp = subprocess.run(["ssh-keygen", "-lf", path + ".pub"], capture_output=True,
-                                text=True, check=True).stdout.split()[1]
-            cls.keys[t] = (pub, fp)
+        cls.keys = make_ssh_keys(os.path.join(cls.tmp, "keys"),
+                                 (("ed25519", []), ("rsa", ["-b", "2048"]),
+                                  ("ecdsa", ["-b", "256"])), "test")
 
     def setUp(self):
         super().setUp()

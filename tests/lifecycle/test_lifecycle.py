@@ -21,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.join(ROOT, "tests", "daemon"))
-from test_daemon import CLI, DaemonBase, http_json, wait_for  # noqa: E402
+from test_daemon import CLI, DaemonBase, http_json, make_ssh_keys, wait_for  # noqa: E402
 
 def read(path):
     with open(path, "rb") as f:
@@ -231,17 +231,9 @@ class JobTest(LifecycleBase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.keys = {}
-        kdir = os.path.join(cls.tmp, "keys")
-        os.mkdir(kdir)
-        for t, extra in (("ed25519", []), ("ecdsa", ["-b", "384"]), ("rsa", ["-b", "2048"])):
-            path = os.path.join(kdir, t)
-            subprocess.run(["ssh-keygen", "-q", "-t", t, *extra, "-N", "", "-C", f"{t}@job",
-                            "-f", path], check=True)
-            pub = read(path + ".pub").decode().strip()
-            fp = subprocess.run(["ssh-keygen", "-lf", path + ".pub"], capture_output=True,
-                                text=True, check=True).stdout.split()[1]
-            cls.keys[t] = (pub, fp)
+        cls.keys = make_ssh_keys(os.path.join(cls.tmp, "keys"),
+                                 (("ed25519", []), ("ecdsa", ["-b", "384"]),
+                                  ("rsa", ["-b", "2048"])), "job")
 
     def setUp(self):
         super().setUp()
