@@ -51,6 +51,8 @@
 #define NET_UP_JITTER_MS 3000
 /* How often to retry the upload lock while another uploader holds it. */
 #define LOCK_RETRY_MS 1000
+/* setup(): a stop signal came while it waited: exit 0. */
+#define SETUP_STOPPED (-1)
 /* Auth failures back off up to an hour (DESIGN §5). */
 #define AUTH_BACKOFF_CAP_MS (3600 * 1000)
 
@@ -187,6 +189,7 @@ static int setup_uploader(struct daemon *d)
 }
 
 static bool interrupt_check(void *userdata);
+static bool stop_pending(void);
 
 static void install_interrupt(struct daemon *d)
 {
@@ -211,14 +214,10 @@ static void watchdog_tick(struct daemon *d)
  * and stop at once when a signal arrived. */
 static bool interrupt_check(void *userdata)
 {
-	sigset_t pending;
-
 	watchdog_tick(userdata);
 	/* only a stop request interrupts: a reload waits for the round's end
 	 * (abandoning a window costs lookups, and a refused reload keeps going) */
-	if (sigpending(&pending) != 0)
-		return false;
-	return sigismember(&pending, SIGTERM) == 1 || sigismember(&pending, SIGINT) == 1;
+	return stop_pending();
 }
 
 static void save_state(struct daemon *d, const char *state, int64_t next_wall_ms)
@@ -702,6 +701,17 @@ static int open_notify_socket(struct daemon *d)
 	return 0;
 }
 
+/* Whether SIGTERM or SIGINT is waiting (they are blocked: the signal fd
+ * reads them). */
+static bool stop_pending(void)
+{
+	sigset_t pending;
+
+	if (sigpending(&pending) != 0)
+		return false;
+	return sigismember(&pending, SIGTERM) == 1 || sigismember(&pending, SIGINT) == 1;
+}
+
 static int take_lock(struct daemon *d)
 {
 	char *path = nbe_path_join(d->cfg.state_dir, NBE_UPLOAD_LOCK);
@@ -718,10 +728,17 @@ static int take_lock(struct daemon *d)
 			log_notice("%s is held by another uploader (a flush?); waiting", path);
 		said = true;
 		usleep(LOCK_RETRY_MS * 1000);
-		if (d->stop)
+		if (stop_pending()) {
+			/* the signal fd is not read yet: a stop must not wait for a
+			 * flush that may run for minutes */
+			d->stop = true;
+			r = -EINTR;
 			break;
+		}
 	}
-	if (r < 0)
+	if (r == -EINTR)
+		log_info("stopping on a signal while waiting for %s", path);
+	else if (r < 0)
 		log_error("%s: %s", path, strerror(-r));
 	nbe_free(path);
 	return r;
@@ -808,6 +825,8 @@ static int setup(struct daemon *d)
 		return EX_IOERR;
 	}
 	r = take_lock(d);
+	if (r == -EINTR)
+		return SETUP_STOPPED;
 	if (r < 0)
 		return EX_IOERR;
 	path = nbe_path_join(d->cfg.state_dir, NBE_BUFFER_FILE);
@@ -1024,7 +1043,7 @@ int main(int argc, char **argv)
 	r = setup(&d);
 	if (r) {
 		teardown(&d);
-		return r;
+		return r == SETUP_STOPPED ? EX_OK : r;
 	}
 	if (!d.up)
 		log_warning("not uploading until the configuration is fixed (reload with SIGHUP)");

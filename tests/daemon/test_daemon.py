@@ -357,6 +357,24 @@ class DaemonTest(DaemonBase):
         self.assertEqual(st["pending"], 1)
         self.stop_daemon(d)
 
+    def test_sigterm_while_waiting_for_the_upload_lock(self):
+        import fcntl
+        state = os.path.join(self.dir, "state")
+        os.makedirs(state)
+        with open(os.path.join(state, "upload.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)      # a flush that runs for minutes
+            env = {k: v for k, v in os.environ.items() if not k.startswith("NUVLA")}
+            log = open(os.path.join(self.dir, "daemon0.log"), "w")
+            p = subprocess.Popen([DAEMON, "--config", self.conf], stderr=log, env=env)
+            p.log = log
+            self.procs.append(p)
+            self.assertTrue(wait_for(lambda: "waiting" in self.daemon_log(), 10),
+                            self.daemon_log())
+            took = self.stop_daemon(p, timeout=5)
+        self.assertEqual(p.returncode, 0, self.daemon_log())
+        self.assertLess(took, 3, self.daemon_log())
+        self.assertIn("stopping on a signal while waiting", self.daemon_log())
+
     def test_status_agrees_under_load(self):
         d = self.start_daemon()
         ids = []
