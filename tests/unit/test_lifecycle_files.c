@@ -34,6 +34,13 @@
 	"AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBDS7kR9V6Aa2GAGTXAfF5AU/"             \
 	"pAhJQdnOmglEhbBp/uUXvuk01yO9JWH0BjapbBmT1WcGRx51yFlJ4j2GTjCQfL8="
 
+/* made by hand (no token needed for a public key); ssh-keygen -lf prints SK_FP */
+#define SK                                                                                         \
+	"sk-ssh-ed25519@openssh.com "                                                              \
+	"AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29tAAAAIAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8g" \
+	"AAAABHNzaDo="
+#define SK_FP "SHA256:nX0hpi5mKbTIJ10yBq5/sLQhiI1Y0RBAqN0drDdgJWs"
+
 #define NB   "nuvlabox/1c56d2f0-4b7e-4a4e-9d0e-2f4c1a7b9e33"
 #define CRED "credential/0b8f7e4c-2d1a-4f5e-8c3b-9a6d5e4f3c2b"
 
@@ -165,8 +172,18 @@ static void test_authkeys_edit(void **state)
 	edit_ok("# a\n" ED " x\n" EC "\nno-pty " ED " y\r\n# b\n", ED, false, "# a\n" EC "\n# b\n",
 		true);
 	edit_ok(other, ED, false, other, false);
-	/* an ecdsa key is a key like any other */
+	/* ecdsa and sk keys are keys like any other (the job engine's regex
+	 * refuses them: NUVLA-CONTRACT §4) */
 	edit_ok(ED "\n", EC " c", true, ED "\n" EC " c\n", true);
+	edit_ok(ED "\n", SK " yubi@test", true, ED "\n" SK " yubi@test\n", true);
+	edit_ok(ED "\n" SK "\n", SK, false, ED "\n", true);
+	{
+		struct nbe_sshkey k;
+		struct nbe_error err = { { 0 } };
+		assert_int_equal(nbe_authkeys_check_key(SK " yubi@test", &k, &err), 0);
+		assert_string_equal(k.fingerprint, SK_FP);
+		assert_string_equal(k.type, "sk-ssh-ed25519@openssh.com");
+	}
 }
 
 static void test_authkeys_refuses(void **state)
