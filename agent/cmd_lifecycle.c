@@ -22,11 +22,14 @@
 #include "upload_setup.h"
 #include "version.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define PAYLOAD_MAX	   (64 * 1024)
@@ -259,6 +262,33 @@ static void hand_over_credential(struct cli *c, const struct nbe_credential *cre
 	fflush(stdout);
 }
 
+/*
+ * A temporary file of an activation killed while it wrote the credential
+ * may hold the only copy of the secret: say so rather than activate over
+ * it. Returns true (after printing) when there is one.
+ */
+static bool leftover_credential(struct cli *c)
+{
+	DIR *dir = opendir(c->cfg.state_dir);
+	struct dirent *de;
+	bool found = false;
+
+	while (dir && (de = readdir(dir)) != NULL) {
+		if (strncmp(de->d_name, NBE_CREDENTIAL_FILE ".tmp.",
+			    sizeof(NBE_CREDENTIAL_FILE ".tmp.") - 1) == 0) {
+			cli_err(c,
+				"%s/%s is left from an activation that was killed while it saved "
+				"the credential: it may hold the only copy of the secret; rename "
+				"it to %s (or remove it) and run activate again, or use --force",
+				c->cfg.state_dir, de->d_name, NBE_CREDENTIAL_FILE);
+			found = true;
+		}
+	}
+	if (dir)
+		closedir(dir);
+	return found;
+}
+
 int cmd_activate(struct cli *c, int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -273,6 +303,8 @@ int cmd_activate(struct cli *c, int argc, char **argv)
 	struct nbe_error err = { { 0 } };
 	struct life l = { 0 };
 	char start[NBE_UUID_LEN + 1] = "", msg[NBE_ERROR_MAX + 256], *path = NULL, *api = NULL;
+	sigset_t hold, saved_mask;
+	bool held = false;
 	int r;
 
 	r = cli_parse(c, argc, argv, opts, activate_opt, NULL, &a);
@@ -295,6 +327,10 @@ int cmd_activate(struct cli *c, int argc, char **argv)
 		r = EX_CONFIG;
 		goto out;
 	}
+	if (!a.force && leftover_credential(c)) {
+		r = EX_CONFIG;
+		goto out;
+	}
 	r = life_open(c, &l);
 	if (r)
 		goto out;
@@ -304,6 +340,17 @@ int cmd_activate(struct cli *c, int argc, char **argv)
 	if (r)
 		goto out;
 	api = api_path(c->cfg.nuvlabox_id, "activate");
+	/* from the request until the credential is saved, a Ctrl-C or a
+	 * terminal hang-up must not lose what Nuvla issues only once (SIGKILL
+	 * and power loss cannot be helped: the file is then absent or whole) */
+	sigemptyset(&hold);
+	sigaddset(&hold, SIGINT);
+	sigaddset(&hold, SIGTERM);
+	sigaddset(&hold, SIGHUP);
+	sigaddset(&hold, SIGQUIT);
+	sigaddset(&hold, SIGPIPE);
+	sigprocmask(SIG_BLOCK, &hold, &saved_mask);
+	held = true;
 	r = api ? life_call(&l, "POST", api, NULL, &resp) : EX_OSERR;
 	if (r)
 		goto out;
@@ -364,8 +411,20 @@ int cmd_activate(struct cli *c, int argc, char **argv)
 		nbe_free(details);
 	}
 	printf("%s\n", msg);
+	printf("a running nuvlabox-eventd uses it after a reload (systemctl reload "
+	       "nuvlabox-eventd)\n");
 	r = EX_OK;
 out:
+	if (held) {
+		/* a pending SIGPIPE (the terminal went away) must not kill us now */
+		struct timespec zero = { 0, 0 };
+		sigset_t pipe;
+		sigemptyset(&pipe);
+		sigaddset(&pipe, SIGPIPE);
+		while (sigtimedwait(&pipe, NULL, &zero) > 0)
+			;
+		sigprocmask(SIG_SETMASK, &saved_mask, NULL);
+	}
 	nbe_credential_clear(&cred);
 	nbe_http_response_clear(&resp);
 	nbe_free(api);
@@ -584,8 +643,13 @@ int cmd_commission(struct cli *c, int argc, char **argv)
 		printf("%s\n", msg);
 		r = EX_OK;
 	} else {
-		snprintf(msg, sizeof(msg), "commission failed: %s", resp.message);
-		cli_err(c, "%s", msg);
+		/* the server's message may quote the payload (tokens, keys): on
+		 * the terminal only, the event says the status */
+		cli_err(c, "commission failed: %s", resp.message);
+		if (resp.status > 0)
+			snprintf(msg, sizeof(msg), "commission failed: HTTP %ld", resp.status);
+		else
+			snprintf(msg, sizeof(msg), "commission failed: no answer from the server");
 		life_record_end(&l, "nuvlabox.commission.failed", start, NULL, msg, details, NULL);
 		r = exit_for_response(&resp);
 	}
@@ -614,9 +678,13 @@ static bool job_state_final(const char *s)
 	return strcmp(s, "SUCCESS") == 0 || strcmp(s, "FAILED") == 0 || strcmp(s, "CANCELED") == 0;
 }
 
+/* job_finish(): the job was final already (canceled meanwhile). */
+#define JOB_WAS_FINAL (-2)
+
 /*
  * Reports the job's end. A 409 means it became final meanwhile (canceled,
- * or failed as a zombie): not an error. Returns 0 or an exit code.
+ * or failed as a zombie): JOB_WAS_FINAL, not an error. Returns 0,
+ * JOB_WAS_FINAL or an exit code.
  */
 static int job_finish(struct life *l, struct job *j, bool ok, const char *message)
 {
@@ -638,6 +706,7 @@ static int job_finish(struct life *l, struct job *j, bool ok, const char *messag
 	if (r == 0 && resp.cls == NBE_HTTP_NUVLA_ERROR && resp.status == 409) {
 		cli_warn(l->c, "%s was final already; not marked %s", j->id,
 			 ok ? "SUCCESS" : "FAILED");
+		r = JOB_WAS_FINAL;
 	} else if (r == 0 && resp.cls != NBE_HTTP_OK) {
 		cli_err(l->c, "cannot mark %s %s: %s", j->id, ok ? "SUCCESS" : "FAILED",
 			resp.message);
@@ -702,11 +771,20 @@ static int run_command(const char *cmdline, char *why, size_t why_size)
 		return -e;
 	}
 	if (pid == 0) {
+		close_range(3, ~0U, 0); /* libcurl's wakeup pairs are not CLOEXEC */
 		execvp(argv[0], argv);
 		_exit(127);
 	}
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-		;
+	for (;;) {
+		if (waitpid(pid, &status, 0) == pid)
+			break;
+		if (errno != EINTR) {
+			int e = errno;
+			nbe_free(copy);
+			snprintf(why, why_size, "waitpid: %s", strerror(e));
+			return -e;
+		}
+	}
 	if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
 		nbe_free(copy);
 		return 0;
@@ -740,6 +818,14 @@ static int job_reboot(struct life *l, struct job *j)
 	if (r)
 		return job_fail(l, j, NULL, r, "cannot record the reboot request");
 	r = job_finish(l, j, true, "rebooting");
+	if (r == JOB_WAS_FINAL) {
+		/* canceled after RUNNING: the owner no longer wants the reboot */
+		snprintf(msg, sizeof(msg), "%s became final before the reboot: not rebooting",
+			 j->id);
+		printf("%s\n", msg);
+		life_record_end(l, "nuvlabox.reboot.failed", NULL, j->id, msg, NULL, NULL);
+		return EX_OK;
+	}
 	if (r)
 		return r; /* not rebooting a device whose job could not be closed */
 	if (l->c->cfg.job_flush_timeout_ms > 0)
@@ -931,6 +1017,8 @@ static int job_ssh_key(struct life *l, struct job *j, bool add)
 		     : (changed ? "removed from" : "not in"),
 		 file);
 	r = job_finish(l, j, true, msg);
+	if (r == JOB_WAS_FINAL)
+		r = EX_OK; /* the key is in place; the job was closed by someone else */
 	if (r == 0)
 		printf("%s: %s\n", j->id, msg);
 out:
@@ -989,6 +1077,25 @@ static int job_start(struct life *l, struct job *j)
 	return r;
 }
 
+/* One job at a time on a device, whoever runs it (the daemon's puller, an
+ * operator): two reboots or two edits of the same file must not race.
+ * Returns 0 or an exit code. */
+static int job_lock(struct life *l, int *ret_fd)
+{
+	char *path = nbe_path_join(l->c->cfg.state_dir, "job.lock");
+	int r;
+
+	if (!path)
+		return EX_OSERR;
+	r = nbe_lock_try(path, 0660, ret_fd);
+	if (r == -EWOULDBLOCK)
+		cli_err(l->c, "another job is running (%s is held); try again later", path);
+	else if (r < 0)
+		cli_err(l->c, "%s: %s", path, strerror(-r));
+	nbe_free(path);
+	return r == 0 ? 0 : r == -EWOULDBLOCK ? EX_TEMPFAIL : EX_IOERR;
+}
+
 struct job_args {
 	const char *verb, *id;
 };
@@ -1015,7 +1122,7 @@ int cmd_job(struct cli *c, int argc, char **argv)
 	struct job_args a = { 0 };
 	struct job j = { 0 };
 	struct life l = { 0 };
-	int r;
+	int r, lock_fd = -1;
 
 	r = cli_parse(c, argc, argv, opts, cli_no_options, job_arg, &a);
 	if (r)
@@ -1033,6 +1140,8 @@ int cmd_job(struct cli *c, int argc, char **argv)
 	if (!j.api)
 		return EX_OSERR;
 	r = life_open(c, &l);
+	if (r == 0)
+		r = job_lock(&l, &lock_fd);
 	if (r == 0)
 		r = life_login(&l);
 	if (r == 0)
@@ -1063,5 +1172,7 @@ out:
 	cJSON_Delete(j.doc);
 	nbe_free(j.api);
 	life_close(&l);
+	if (lock_fd >= 0)
+		close(lock_fd);
 	return r;
 }

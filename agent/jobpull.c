@@ -17,6 +17,7 @@
 #include <sys/syscall.h>
 #include <sys/timerfd.h>
 #include <sys/wait.h>
+#include <sysexits.h>
 #include <unistd.h>
 
 /* Ids remembered as run (the server deletes final jobs after 7 days). */
@@ -32,8 +33,8 @@ struct jobpull {
 	pid_t child;
 	int child_fd;
 	char running[NBE_HREF_MAX + 1];
-	char seen[SEEN_MAX][NBE_HREF_MAX + 1];
-	unsigned nseen, seen_next;
+	char seen[SEEN_MAX][NBE_HREF_MAX + 1]; /* oldest first */
+	unsigned nseen;
 	char queue[QUEUE_MAX][NBE_HREF_MAX + 1];
 	unsigned nqueue;
 	char last_problem[600]; /* logged once per episode */
@@ -71,26 +72,21 @@ static void load_seen(struct jobpull *jp)
 	cJSON_ArrayForEach(it, arr)
 	{
 		if (cJSON_IsString(it) && nbe_href_is(it->valuestring, "job") &&
-		    jp->nseen < SEEN_MAX)
+		    strlen(it->valuestring) <= NBE_HREF_MAX && jp->nseen < SEEN_MAX)
 			snprintf(jp->seen[jp->nseen++], sizeof(jp->seen[0]), "%s", it->valuestring);
 	}
-	jp->seen_next = jp->nseen % SEEN_MAX;
 	cJSON_Delete(arr);
 	nbe_free(text);
 }
 
-/* Remembers @id as run, durably, before it runs. Returns 0 or -errno. */
-static int mark_seen(struct jobpull *jp, const char *id)
+/* Keeps the list in the buffer. Returns 0 or -errno (logged). */
+static int save_seen(struct jobpull *jp)
 {
 	struct nbe_error err = { { 0 } };
 	cJSON *arr = cJSON_CreateArray();
 	char *text = NULL;
 	int r;
 
-	snprintf(jp->seen[jp->seen_next], sizeof(jp->seen[0]), "%s", id);
-	jp->seen_next = (jp->seen_next + 1) % SEEN_MAX;
-	if (jp->nseen < SEEN_MAX)
-		jp->nseen++;
 	for (unsigned i = 0; arr && i < jp->nseen; i++) {
 		if (!cJSON_AddItemToArray(arr, cJSON_CreateString(jp->seen[i]))) {
 			cJSON_Delete(arr);
@@ -99,12 +95,43 @@ static int mark_seen(struct jobpull *jp, const char *id)
 	}
 	text = arr ? cJSON_PrintUnformatted(arr) : NULL;
 	cJSON_Delete(arr);
-	if (!text)
+	if (!text) {
+		log_error("jobs: out of memory");
 		return -ENOMEM;
+	}
 	r = nbe_buffer_meta_set(jp->o.buf, META_SEEN, text, &err);
 	nbe_free(text);
 	if (r < 0)
-		log_error("jobs: cannot remember %s as run: %s", id, err.msg);
+		log_error("jobs: cannot keep the list of jobs run: %s", err.msg);
+	return r;
+}
+
+static void forget(struct jobpull *jp, const char *id)
+{
+	for (unsigned i = 0; i < jp->nseen; i++) {
+		if (strcmp(jp->seen[i], id) == 0) {
+			memmove(jp->seen[i], jp->seen[i + 1],
+				(jp->nseen - i - 1) * sizeof(jp->seen[0]));
+			jp->nseen--;
+			return;
+		}
+	}
+}
+
+/* Remembers @id as run, durably, before it runs (the oldest id goes when
+ * the list is full). Returns 0, or -errno with nothing remembered. */
+static int mark_seen(struct jobpull *jp, const char *id)
+{
+	int r;
+
+	if (jp->nseen == SEEN_MAX) {
+		memmove(jp->seen[0], jp->seen[1], (SEEN_MAX - 1) * sizeof(jp->seen[0]));
+		jp->nseen--;
+	}
+	snprintf(jp->seen[jp->nseen++], sizeof(jp->seen[0]), "%s", id);
+	r = save_seen(jp);
+	if (r < 0)
+		forget(jp, id);
 	return r;
 }
 
@@ -149,7 +176,8 @@ void jobpull_reload(struct jobpull *jp)
 			 jp->o.cfg->heartbeat_interval_ms);
 		arm(jp, jp->o.cfg->heartbeat_interval_ms);
 	} else {
-		arm(jp, 0);
+		/* a job still running without a pidfd is reaped on the ticks */
+		arm(jp, jp->child > 0 && jp->child_fd < 0 ? 1000 : 0);
 	}
 }
 
@@ -234,8 +262,11 @@ static void take_jobs(struct jobpull *jp, const char *body)
 	cJSON_ArrayForEach(it, jobs)
 	{
 		const char *id = cJSON_IsString(it) ? it->valuestring : NULL;
+		bool queued = false;
+		for (unsigned i = 0; id && i < jp->nqueue; i++)
+			queued = queued || strcmp(jp->queue[i], id) == 0;
 		if (!id || !nbe_href_is(id, "job") || strlen(id) > NBE_HREF_MAX || seen(jp, id) ||
-		    strcmp(id, jp->running) == 0 || jp->nqueue == QUEUE_MAX)
+		    queued || strcmp(id, jp->running) == 0 || jp->nqueue == QUEUE_MAX)
 			continue;
 		snprintf(jp->queue[jp->nqueue++], sizeof(jp->queue[0]), "%s", id);
 	}
@@ -260,11 +291,15 @@ static void start_next(struct jobpull *jp)
 	sigset_t none;
 	pid_t pid;
 
-	if (jp->child > 0 || jp->nqueue == 0)
+	if (jp->child > 0)
 		return;
-	snprintf(jp->running, sizeof(jp->running), "%s", jp->queue[0]);
-	memmove(jp->queue[0], jp->queue[1], (jp->nqueue - 1) * sizeof(jp->queue[0]));
-	jp->nqueue--;
+	do {
+		if (jp->nqueue == 0)
+			return;
+		snprintf(jp->running, sizeof(jp->running), "%s", jp->queue[0]);
+		memmove(jp->queue[0], jp->queue[1], (jp->nqueue - 1) * sizeof(jp->queue[0]));
+		jp->nqueue--;
+	} while (seen(jp, jp->running));
 	if (mark_seen(jp, jp->running) < 0) {
 		/* not run: without the mark a restart could run it twice */
 		jp->running[0] = '\0';
@@ -285,6 +320,7 @@ static void start_next(struct jobpull *jp)
 		sigemptyset(&none);
 		sigprocmask(SIG_SETMASK, &none, NULL);
 		signal(SIGPIPE, SIG_DFL);
+		close_range(3, ~0U, 0); /* libcurl's wakeup pairs are not CLOEXEC */
 		execv(helper, argv);
 		_exit(127);
 	}
@@ -337,14 +373,27 @@ void jobpull_reap(struct jobpull *jp)
 	if (r == 0)
 		return;
 	if (r == jp->child) {
+		/* the network, the server or a stop got in the way (69, 75, a
+		 * signal): the job may not have run at all, and running it again
+		 * is safe (a final job is skipped, a reboot job is final before
+		 * the reboot, key edits are idempotent), so the next heartbeat
+		 * that lists it runs it again */
+		bool again = (WIFEXITED(status) && (WEXITSTATUS(status) == EX_UNAVAILABLE ||
+						    WEXITSTATUS(status) == EX_TEMPFAIL)) ||
+			     WIFSIGNALED(status);
 		if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
 			log_info("jobs: %s done", jp->running);
 		else if (WIFEXITED(status))
-			log_warning("jobs: %s ended with exit status %d", jp->running,
-				    WEXITSTATUS(status));
+			log_warning("jobs: %s ended with exit status %d%s", jp->running,
+				    WEXITSTATUS(status),
+				    again ? "; it runs again when listed" : "");
 		else
-			log_warning("jobs: %s was killed by signal %d", jp->running,
-				    WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+			log_warning("jobs: %s was killed by signal %d; it runs again when listed",
+				    jp->running, WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+		if (again) {
+			forget(jp, jp->running);
+			save_seen(jp);
+		}
 	}
 	if (jp->child_fd >= 0)
 		close(jp->child_fd);

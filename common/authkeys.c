@@ -105,42 +105,89 @@ int nbe_authkeys_edit(const char *text, size_t len, const char *key, bool add, c
 	return 0;
 }
 
+/* Opens the directory of @path without following a symbolic link as its
+ * last component; *ret_base points into @path. Returns the fd or -errno. */
+static int open_dir(const char *path, const char **ret_base, struct nbe_error *err)
+{
+	const char *slash = strrchr(path, '/');
+	char *dir;
+	int dfd, e;
+
+	if (!slash || !slash[1])
+		return nbe_error_set(err, -EINVAL, "%s: not an absolute file path", path);
+	dir = slash == path ? nbe_strdup("/") : nbe_strndup(path, (size_t)(slash - path));
+	if (!dir)
+		return nbe_error_set(err, -ENOMEM, "out of memory");
+	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	e = errno;
+	if (dfd < 0)
+		nbe_error_set(err, -e, "%s: %s", dir,
+			      e == ELOOP || e == ENOTDIR
+				      ? "not a directory (a symbolic link?); refused"
+				      : strerror(e));
+	nbe_free(dir);
+	*ret_base = slash + 1;
+	return dfd < 0 ? -e : dfd;
+}
+
 int nbe_authkeys_update(const char *path, const char *key, bool add, bool *ret_changed,
 			struct nbe_error *err)
 {
-	struct stat st;
+	struct stat dst, st;
+	const char *base = NULL;
 	char *text = NULL, *out = NULL;
 	size_t len = 0, olen = 0;
-	uid_t uid = (uid_t)-1;
-	gid_t gid = (gid_t)-1;
-	mode_t mode = 0600;
-	int r;
+	int dfd, fd, r;
 
 	*ret_changed = false;
-	if (lstat(path, &st) == 0) {
-		if (!S_ISREG(st.st_mode))
-			return nbe_error_set(
-				err, -EINVAL,
-				"%s is not a regular file (a symbolic link?); refusing "
-				"to replace it",
-				path);
-		uid = st.st_uid;
-		gid = st.st_gid;
-		mode = st.st_mode & 07777;
-		r = nbe_read_file(path, NBE_AUTHKEYS_MAX_FILE, &text, &len);
-		if (r < 0)
-			return nbe_error_set(err, r, "%s: %s", path,
-					     r == -EFBIG ? "larger than 1 MiB" : strerror(-r));
-	} else if (errno != ENOENT) {
+	dfd = open_dir(path, &base, err);
+	if (dfd < 0)
+		return dfd;
+	if (fstat(dfd, &dst) != 0) {
+		r = nbe_error_set(err, -errno, "%s: %s", path, strerror(errno));
+		goto out;
+	}
+	/* everything through the directory's fd, never the path again: the
+	 * directory's owner may swap the file for a link or a FIFO meanwhile */
+	fd = openat(dfd, base, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+	if (fd >= 0) {
+		if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+			close(fd);
+			r = nbe_error_set(err, -EINVAL, "%s is not a regular file; refused", path);
+			goto out;
+		}
+		r = nbe_read_fd(fd, NBE_AUTHKEYS_MAX_FILE, &text, &len);
+		close(fd);
+		if (r < 0) {
+			nbe_error_set(err, r, "%s: %s", path,
+				      r == -EFBIG ? "larger than 1 MiB" : strerror(-r));
+			goto out;
+		}
+	} else if (errno == ENOENT) {
+		if (!add) {
+			r = 0; /* nothing to revoke */
+			goto out;
+		}
+		/* a new file belongs to the directory's owner, as sshd wants it */
+		st.st_uid = dst.st_uid;
+		st.st_gid = dst.st_gid;
+		st.st_mode = 0600;
+	} else {
 		r = -errno;
-		return nbe_error_set(err, r, "%s: %s", path, strerror(-r));
-	} else if (!add) {
-		return 0; /* nothing to revoke */
+		nbe_error_set(err, r, "%s: %s", path,
+			      r == -ELOOP ? "a symbolic link; refused" : strerror(-r));
+		goto out;
+	}
+	if (dst.st_uid != 0 && dst.st_uid != st.st_uid) {
+		r = nbe_error_set(
+			err, -EPERM,
+			"%s: its directory belongs to uid %u, the file to uid %u; refused", path,
+			(unsigned)dst.st_uid, (unsigned)st.st_uid);
+		goto out;
 	}
 	r = nbe_authkeys_edit(text ? text : "", len, key, add, &out, &olen, ret_changed, err);
 	if (r == 0 && *ret_changed) {
-		r = uid == (uid_t)-1 ? nbe_write_file_atomic(path, out, olen, mode)
-				     : nbe_replace_file_as(path, out, olen, mode, uid, gid);
+		r = nbe_replace_at(dfd, base, out, olen, st.st_mode & 07777, st.st_uid, st.st_gid);
 		if (r < 0) {
 			*ret_changed = false;
 			nbe_error_set(err, r, "%s: cannot replace it: %s", path, strerror(-r));
@@ -150,6 +197,8 @@ int nbe_authkeys_update(const char *path, const char *key, bool add, bool *ret_c
 		snprintf(why, sizeof(why), "%s", err ? err->msg : "");
 		nbe_error_set(err, r, "%s: %s", path, why);
 	}
+out:
+	close(dfd);
 	nbe_free(text);
 	nbe_free(out);
 	return r;

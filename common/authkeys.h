@@ -34,10 +34,13 @@ int nbe_authkeys_edit(const char *text, size_t len, const char *key, bool add, c
 		      size_t *ret_len, bool *ret_changed, struct nbe_error *err);
 
 /*
- * Applies nbe_authkeys_edit() to the file @path: a missing file (adding
- * only) is created 0600 for the owner of its directory; a symbolic link or
- * anything but a regular file is refused; the file is only rewritten when
- * the key list changes. Returns 0 or -errno with @err set.
+ * Applies nbe_authkeys_edit() to the file @path (absolute), working through
+ * an fd of its directory so that nothing is followed that the directory's
+ * owner could swap in (a symbolic link, a FIFO, a link as the directory
+ * itself). A missing file (adding only) is created 0600 for the directory's
+ * owner; an existing one is replaced with its owner and mode; a directory
+ * that belongs to neither root nor the file's owner is refused. The file is
+ * only rewritten when the key list changes. Returns 0 or -errno (@err).
  */
 int nbe_authkeys_update(const char *path, const char *key, bool add, bool *ret_changed,
 			struct nbe_error *err);

@@ -1,8 +1,10 @@
 #include "fsutil.h"
 
 #include "alloc.h"
+#include "random.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,21 +26,34 @@ int nbe_fsync_dir(const char *path)
 	return r;
 }
 
-int nbe_fsync_parent_dir(const char *file_path)
+/* Opens the directory that holds @file_path. Returns the fd or -errno. */
+static int open_parent_dir(const char *file_path)
 {
 	const char *slash = strrchr(file_path, '/');
 	char *dir;
-	int r;
+	int fd;
 
-	if (!slash)
-		return nbe_fsync_dir(".");
-	if (slash == file_path)
-		return nbe_fsync_dir("/");
-	dir = nbe_strndup(file_path, (size_t)(slash - file_path));
+	if (!slash || slash == file_path)
+		dir = nbe_strdup(slash ? "/" : ".");
+	else
+		dir = nbe_strndup(file_path, (size_t)(slash - file_path));
 	if (!dir)
 		return -ENOMEM;
-	r = nbe_fsync_dir(dir);
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	fd = fd < 0 ? -errno : fd;
 	nbe_free(dir);
+	return fd;
+}
+
+int nbe_fsync_parent_dir(const char *file_path)
+{
+	int fd = open_parent_dir(file_path), r = 0;
+
+	if (fd < 0)
+		return fd;
+	if (fsync(fd) != 0)
+		r = -errno;
+	close(fd);
 	return r;
 }
 
@@ -55,55 +70,50 @@ int nbe_mkdir_exist_ok(const char *path, mode_t mode)
 	return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
 }
 
-int nbe_read_file(const char *path, size_t max_bytes, char **ret_data, size_t *ret_len)
+int nbe_read_fd(int fd, size_t max_bytes, char **ret_data, size_t *ret_len)
 {
 	struct stat st;
 	char *buf = NULL;
 	size_t len = 0;
-	int fd, r;
 
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-	if (fd < 0)
+	if (fstat(fd, &st) != 0)
 		return -errno;
-	if (fstat(fd, &st) != 0) {
-		r = -errno;
-		goto err_close;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		r = -EINVAL;
-		goto err_close;
-	}
+	if (!S_ISREG(st.st_mode))
+		return -EINVAL;
 	buf = nbe_malloc(max_bytes + 1);
-	if (!buf) {
-		r = -ENOMEM;
-		goto err_close;
-	}
+	if (!buf)
+		return -ENOMEM;
 	/* read up to max_bytes + 1 so a file that grew past the cap is seen */
 	for (;;) {
 		ssize_t n = read(fd, buf + len, max_bytes + 1 - len);
 		if (n < 0) {
-			if (errno == EINTR)
+			int e = errno;
+			if (e == EINTR)
 				continue;
-			r = -errno;
-			goto err_free;
+			nbe_free(buf);
+			return -e;
 		}
 		if (n == 0)
 			break;
 		len += (size_t)n;
 		if (len > max_bytes) {
-			r = -EFBIG;
-			goto err_free;
+			nbe_free(buf);
+			return -EFBIG;
 		}
 	}
-	close(fd);
 	buf[len] = '\0';
 	*ret_data = buf;
 	*ret_len = len;
 	return 0;
+}
 
-err_free:
-	nbe_free(buf);
-err_close:
+int nbe_read_file(const char *path, size_t max_bytes, char **ret_data, size_t *ret_len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY), r;
+
+	if (fd < 0)
+		return -errno;
+	r = nbe_read_fd(fd, max_bytes, ret_data, ret_len);
 	close(fd);
 	return r;
 }
@@ -125,34 +135,11 @@ static int write_all(int fd, const void *data, size_t len)
 	return 0;
 }
 
-/* The owner a new file gets: @uid/@gid, or the directory's (-1). */
-static int set_owner(int fd, const char *path, uid_t uid, gid_t gid)
-{
-	if (uid == (uid_t)-1)
-		return nbe_chown_like_parent(fd, path);
-	return fchown(fd, uid, gid) == 0 ? 0 : -errno;
-}
-
-static int write_atomic(const char *path, const void *data, size_t len, mode_t mode, uid_t uid,
-			gid_t gid);
-
 int nbe_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode)
-{
-	return write_atomic(path, data, len, mode, (uid_t)-1, (gid_t)-1);
-}
-
-int nbe_replace_file_as(const char *path, const void *data, size_t len, mode_t mode, uid_t uid,
-			gid_t gid)
-{
-	return write_atomic(path, data, len, mode, uid, gid);
-}
-
-static int write_atomic(const char *path, const void *data, size_t len, mode_t mode, uid_t uid,
-			gid_t gid)
 {
 	size_t tlen = strlen(path) + sizeof(".tmp.XXXXXX");
 	char *tmp = nbe_malloc(tlen);
-	int fd, r;
+	int fd, dfd, r;
 
 	if (!tmp)
 		return -ENOMEM;
@@ -166,7 +153,7 @@ static int write_atomic(const char *path, const void *data, size_t len, mode_t m
 		r = -errno;
 		goto err_unlink;
 	}
-	r = set_owner(fd, path, uid, gid);
+	r = nbe_chown_like_parent(fd, path);
 	if (r < 0)
 		goto err_unlink;
 	r = write_all(fd, data, len);
@@ -182,12 +169,22 @@ static int write_atomic(const char *path, const void *data, size_t len, mode_t m
 		goto err_unlink;
 	}
 	fd = -1;
+	/* everything that can fail for want of memory or fds before the
+	 * rename: after it, only the directory's fsync can (an I/O error) */
+	dfd = open_parent_dir(path);
+	if (dfd < 0) {
+		r = dfd;
+		goto err_unlink;
+	}
 	if (rename(tmp, path) != 0) {
 		r = -errno;
+		close(dfd);
 		goto err_unlink;
 	}
 	nbe_free(tmp);
-	return nbe_fsync_parent_dir(path);
+	r = fsync(dfd) == 0 ? 0 : -errno;
+	close(dfd);
+	return r;
 
 err_unlink:
 	if (fd >= 0)
@@ -195,6 +192,48 @@ err_unlink:
 	unlink(tmp);
 err_free:
 	nbe_free(tmp);
+	return r;
+}
+
+int nbe_replace_at(int dfd, const char *name, const void *data, size_t len, mode_t mode, uid_t uid,
+		   gid_t gid)
+{
+	char tmp[NAME_MAX + 1];
+	unsigned char rnd[6];
+	int fd = -1, r;
+
+	if (strlen(name) + 20 > NAME_MAX)
+		return -ENAMETOOLONG;
+	r = nbe_random_bytes(rnd, sizeof(rnd));
+	if (r < 0)
+		return r;
+	snprintf(tmp, sizeof(tmp), ".%s.%02x%02x%02x%02x%02x%02x", name, rnd[0], rnd[1], rnd[2],
+		 rnd[3], rnd[4], rnd[5]);
+	fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+	if (fchown(fd, uid, gid) != 0 || fchmod(fd, mode) != 0) {
+		r = -errno;
+		goto err;
+	}
+	r = write_all(fd, data, len);
+	if (r < 0)
+		goto err;
+	if (fsync(fd) != 0) {
+		r = -errno;
+		goto err;
+	}
+	r = close(fd);
+	fd = -1;
+	if (r != 0 || renameat(dfd, tmp, dfd, name) != 0) {
+		r = -errno;
+		goto err;
+	}
+	return fsync(dfd) == 0 ? 0 : -errno;
+err:
+	if (fd >= 0)
+		close(fd);
+	unlinkat(dfd, tmp, 0);
 	return r;
 }
 

@@ -29,6 +29,9 @@ int nbe_mkdir_exist_ok(const char *path, mode_t mode);
  */
 int nbe_read_file(const char *path, size_t max_bytes, char **ret_data, size_t *ret_len);
 
+/* The same for a file already open as @fd (a regular file, else -EINVAL). */
+int nbe_read_fd(int fd, size_t max_bytes, char **ret_data, size_t *ret_len);
+
 /*
  * Writes @len bytes to @path atomically with @mode: a temporary file in the
  * same directory, fsync, rename over @path, fsync of the directory. Returns 0
@@ -37,13 +40,15 @@ int nbe_read_file(const char *path, size_t max_bytes, char **ret_data, size_t *r
 int nbe_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode);
 
 /*
- * The same, for a file that belongs to someone else (authorized_keys): the
- * new file gets exactly @mode, @uid and @gid (the old file's), so replacing
- * it changes nothing but its content. Needs the right to chown (root) unless
- * @uid/@gid are the caller's. Returns 0 or -errno.
+ * Replaces the file @name in the directory open as @dfd without following
+ * a symbolic link anywhere: a temporary file created in @dfd (O_EXCL,
+ * O_NOFOLLOW) with exactly @mode, @uid and @gid, fsync, renameat over
+ * @name, fsync of @dfd. For a file that belongs to someone else
+ * (authorized_keys): needs the right to chown unless @uid/@gid are the
+ * caller's. Returns 0 or -errno; on failure @name is untouched.
  */
-int nbe_replace_file_as(const char *path, const void *data, size_t len, mode_t mode, uid_t uid,
-			gid_t gid);
+int nbe_replace_at(int dfd, const char *name, const void *data, size_t len, mode_t mode, uid_t uid,
+		   gid_t gid);
 
 /*
  * Takes an exclusive flock(2) on @path (created with @mode if missing)

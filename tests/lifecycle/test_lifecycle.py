@@ -142,20 +142,44 @@ class ActivateTest(LifecycleBase):
         env = {k: v for k, v in os.environ.items() if not k.startswith("NUVLA")}
         rng = random.Random(int(os.environ.get("NBE_SEED", "6")))
         kills = int(os.environ.get("NBE_ACTIVATE_KILLS", "24"))
-        outcomes = {"none": 0, "saved": 0}
-        for i in range(kills):
-            nb = self.new_nuvlabox()
+        outcomes = {"none": 0, "saved": 0, "issued but not saved (SIGKILL)": 0, "leftover": 0}
+
+        def start(nb):
             self.conf = self.unactivated_config(nb)
-            cred_path = os.path.join(self.dir, "state", "credential.json")
-            # the server answers after 150 ms; kill at random around that
+            # the server answers after 150 ms
             self.ctl("POST", "faults", {"kind": "delay", "delay_ms": 150, "count": 1,
                                         "path": "/api/" + nb + "/activate"})
-            p = subprocess.Popen([CLI, "--config", self.conf, "activate"], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(0.10, 0.40))
+            return subprocess.Popen([CLI, "--config", self.conf, "activate"], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        # how long a whole activation takes here, now (the machine may be loaded)
+        t0 = time.monotonic()
+        self.assertEqual(start(self.new_nuvlabox()).wait(), 0)
+        whole = time.monotonic() - t0
+        os.unlink(os.path.join(self.dir, "state", "credential.json"))
+        for i in range(kills):
+            nb = self.new_nuvlabox()
+            p = start(nb)
+            cred_path = os.path.join(self.dir, "state", "credential.json")
+            # kill at random around the answer and the save
+            time.sleep(rng.uniform(0.3 * whole, 1.5 * whole))
             p.send_signal(signal.SIGKILL)
             p.wait()
             server_nb = self.ctl("GET", "nuvlabox/" + nb.split("/")[1])["nuvlabox"]
+            state = os.path.join(self.dir, "state")
+            tmps = [f for f in (os.listdir(state) if os.path.isdir(state) else [])
+                    if f.startswith("credential.json.tmp.")]
+            if tmps:
+                # killed while writing: the next activate points at it
+                outcomes["leftover"] += 1
+                for t in tmps:
+                    self.assertEqual(stat.S_IMODE(os.stat(os.path.join(state, t)).st_mode),
+                                     0o600)
+                p2 = self.cli("activate", check=False)
+                self.assertEqual(p2.returncode, EX_CONFIG, p2.stderr)
+                self.assertIn(b"may hold the only copy", p2.stderr)
+                for t in tmps:
+                    os.unlink(os.path.join(state, t))
             if os.path.exists(cred_path):
                 with open(cred_path) as f:
                     cred = json.load(f)  # complete JSON, never a part
@@ -163,12 +187,19 @@ class ActivateTest(LifecycleBase):
                 self.assertEqual(stat.S_IMODE(os.stat(cred_path).st_mode), 0o600)
                 outcomes["saved"] += 1
                 os.unlink(cred_path)
+            elif server_nb["state"] == "ACTIVATED":
+                # killed between the server's answer and the rename
+                outcomes["issued but not saved (SIGKILL)"] += 1
             else:
                 outcomes["none"] += 1
             # the buffer is intact whatever the moment
             self.cli("list", "--json")
         print(f"\nactivate killed {kills} times: {outcomes}", file=sys.stderr)
-        self.assertEqual(sum(outcomes.values()), kills)
+        # the sweep reached both sides of the save (the server activates before
+        # it answers, so a kill before the rename leaves no file, never a part)
+        self.assertGreater(outcomes["saved"], 0, outcomes)
+        self.assertGreater(outcomes["none"] + outcomes["issued but not saved (SIGKILL)"], 0,
+                           outcomes)
 
 
 class CommissionTest(LifecycleBase):
@@ -288,6 +319,23 @@ class JobTest(LifecycleBase):
         self.assertIn(b"not run", p.stdout)
         with open(self.marker) as f:
             self.assertEqual(f.read().count("please"), 1)
+
+    def test_a_reboot_job_canceled_while_running_does_not_reboot(self):
+        jid = self.job("reboot_nuvlabox")["id"]
+        # RUNNING is accepted, its answer comes late; the owner cancels meanwhile
+        self.ctl("POST", "faults", {"kind": "delay", "delay_ms": 1500, "when": "after",
+                                    "count": 1, "method": "PUT", "path": "/api/" + jid})
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NUVLA")}
+        p = subprocess.Popen([CLI, "--config", self.conf, "job", "run", jid], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.assertTrue(wait_for(lambda: self.job_doc(jid)["state"] == "RUNNING", 5))
+        self.ctl("PUT", jid, {"state": "CANCELED"})
+        out, err = p.communicate(timeout=30)
+        self.assertEqual(p.returncode, 0, err)
+        self.assertIn(b"not rebooting", out)
+        self.assertFalse(os.path.exists(self.marker))
+        self.assertEqual(self.job_doc(jid)["state"], "CANCELED")
+        self.assertEqual(len(self.named("nuvlabox.reboot.failed")), 1)
 
     def test_a_failing_reboot_command_is_a_failed_event(self):
         self.conf = self.config(boot_id_file=self.boot_file, reboot_command="/bin/false",
@@ -420,11 +468,14 @@ class JobPullTest(JobTest):
     # the JobTest tests run once, in JobTest
     test_reboot_job_end_to_end = None
     test_a_failing_reboot_command_is_a_failed_event = None
+    test_a_reboot_job_canceled_while_running_does_not_reboot = None
     test_ssh_key_jobs_keep_every_other_line_the_owner_and_the_mode = None
     test_a_key_sshd_would_not_accept_fails_the_job = None
     test_unsupported_final_canceled_and_made_final_meanwhile = None
 
     def test_off_by_default(self):
+        # a heartbeat interval that would show within the wait, if pulling were on
+        self.conf = self.config(boot_id_file=self.boot_file, heartbeat_interval="1s")
         d = self.start_daemon()
         time.sleep(2.5)
         self.stop_daemon(d)
@@ -435,37 +486,54 @@ class JobPullTest(JobTest):
         self.conf = self.pull_config()
         a = self.job("nuvlabox_add_ssh_key", **{"public-key": self.keys["ed25519"][0]})
         b = self.job("nuvlabox_add_ssh_key", **{"public-key": self.keys["ecdsa"][0]})
-        # a third job that stays listed: its every edit fails
-        stuck = self.job("nuvlabox_update")
-        self.ctl("POST", "faults", {"kind": "status", "status": 503, "count": None,
-                                    "method": "PUT", "path": "/api/" + stuck["id"]})
+        # a third job whose runs fail for a while (the server answers 503)
+        flaky = self.job("nuvlabox_add_ssh_key", **{"public-key": self.keys["rsa"][0]})
+        fault = self.ctl("POST", "faults", {"kind": "status", "status": 503, "count": None,
+                                            "method": "PUT", "path": "/api/" + flaky["id"]})
         d = self.start_daemon()
         ok = wait_for(lambda: all(self.job_doc(j["id"])["state"] == "SUCCESS" for j in (a, b)),
                       20)
         self.assertTrue(ok, self.daemon_log())
-        # several more heartbeats list the stuck job again and again
+        # the failing one is tried again on later heartbeats (exit 75: it did not run)
+        self.assertTrue(wait_for(lambda: len([r for r in self.requests("/api/" + flaky["id"])
+                                              if r["method"] == "GET"]) >= 2, 10),
+                        self.daemon_log())
+        self.assertIn("it runs again when listed", self.daemon_log())
+        self.ctl("DELETE", "faults/" + str(fault["id"]))
+        self.assertTrue(wait_for(lambda: self.job_doc(flaky["id"])["state"] == "SUCCESS", 15),
+                        self.daemon_log())
+        # more heartbeats (the server may list a finished job until its index
+        # refreshes) and a restart run nothing again
         n = self.heartbeats()
         self.assertTrue(wait_for(lambda: self.heartbeats() >= n + 3, 10), self.daemon_log())
         self.stop_daemon(d)
-        # a restart does not run it again either
+        gets = {j["id"]: len([r for r in self.requests("/api/" + j["id"]) if r["method"] == "GET"])
+                for j in (a, b, flaky)}
         d = self.start_daemon()
         n = self.heartbeats()
         self.assertTrue(wait_for(lambda: self.heartbeats() >= n + 2, 10), self.daemon_log())
         self.stop_daemon(d)
-        for j in (a, b, stuck):
-            gets = [r for r in self.requests("/api/" + j["id"]) if r["method"] == "GET"]
-            self.assertEqual(len(gets), 1, (j["id"], self.daemon_log()))
-        # never two at once: b started after a ended, or a after b
-        span = {}
         for j in (a, b):
-            seqs = [r["seq"] for r in self.requests("/api/" + j["id"])]
-            span[j["id"]] = (min(seqs), max(seqs))
-        (s1, e1), (s2, e2) = sorted(span.values())
-        self.assertLess(e1, s2, span)
+            self.assertEqual(gets[j["id"]], 1, (j["id"], self.daemon_log()))
+        for j in (a, b, flaky):
+            again = len([r for r in self.requests("/api/" + j["id"]) if r["method"] == "GET"])
+            self.assertEqual(again, gets[j["id"]], (j["id"], self.daemon_log()))
+        # never two at once: cut the job requests at each run's first GET;
+        # every piece belongs to one job
+        reqs = sorted((r["seq"], r["method"], r["path"]) for j in (a, b, flaky)
+                      for r in self.requests("/api/" + j["id"]))
+        pieces = []
+        for seq, method, path in reqs:
+            jid = path[len("/api/"):].split("/get-context")[0]
+            if method == "GET" or not pieces:
+                pieces.append(set())
+            pieces[-1].add(jid)
+        self.assertTrue(all(len(p) == 1 for p in pieces), pieces)
+        self.assertGreaterEqual(len(pieces), 4)
         with open(self.ak) as f:
             text = f.read()
-        self.assertIn(self.keys["ed25519"][0], text)
-        self.assertIn(self.keys["ecdsa"][0], text)
+        for t in ("ed25519", "ecdsa", "rsa"):
+            self.assertIn(self.keys[t][0], text)
         self.assertIn("jobs: running " + a["id"], self.daemon_log())
 
     def test_a_reboot_job_pulled_by_the_daemon(self):

@@ -128,10 +128,34 @@ static void test_credential_file(void **state)
 		free(text);
 	}
 
-	/* a failed write leaves the old file untouched */
+	/* a failed write leaves the old file untouched, whichever step fails */
 	other = nbe_path_join(dir, "missing-dir/credential.json");
 	assert_int_equal(nbe_credential_write(other, &c, &err), -ENOENT);
 	nbe_free(other);
+	{
+		char *before = tu_read(path), *after, nsecret[] = "another";
+		struct nbe_credential c2 = c;
+		unsigned long n;
+		int rw;
+
+		c2.api_secret = nsecret;
+		for (n = 1;; n++) {
+			nbe_alloc_fail_at(n, 0);
+			rw = nbe_credential_write(path, &c2, &err);
+			nbe_alloc_fail_at(0, 0);
+			if (rw == 0)
+				break;
+			assert_int_equal(rw, -ENOMEM);
+			after = tu_read(path);
+			assert_string_equal(after, before);
+			free(after);
+		}
+		assert_true(n > 1);
+		after = tu_read(path);
+		assert_non_null(strstr(after, "another"));
+		free(after);
+		free(before);
+	}
 	nbe_free(path);
 	tu_rmtree(dir);
 }
@@ -217,6 +241,7 @@ static void test_authkeys_file(void **state)
 	struct nbe_error err = { { 0 } };
 	struct stat st;
 	bool ch;
+	int r;
 
 	(void)state;
 	/* revoking from a missing file changes nothing; adding creates it 0600 */
@@ -235,10 +260,46 @@ static void test_authkeys_file(void **state)
 	text = tu_read(path);
 	assert_string_equal(text, ED "\n" EC "\n");
 	free(text);
-	/* a symbolic link is not replaced */
+	/* a symbolic link is neither followed nor replaced */
 	assert_int_equal(symlink(path, link), 0);
-	assert_int_equal(nbe_authkeys_update(link, ED, false, &ch, &err), -EINVAL);
-	assert_non_null(strstr(err.msg, "not a regular file"));
+	assert_int_equal(nbe_authkeys_update(link, ED, false, &ch, &err), -ELOOP);
+	assert_non_null(strstr(err.msg, "symbolic link"));
+	/* a FIFO swapped in is refused at once, not waited on */
+	{
+		char *fifo = nbe_path_join(dir, "fifo");
+		assert_int_equal(mkfifo(fifo, 0600), 0);
+		assert_int_equal(nbe_authkeys_update(fifo, ED, true, &ch, &err), -EINVAL);
+		assert_non_null(strstr(err.msg, "not a regular file"));
+		nbe_free(fifo);
+	}
+	/* a directory that is a symbolic link (~/.ssh -> /root/.ssh) is refused */
+	{
+		char *ldir = nbe_path_join(dir, "ldir"),
+		     *lpath = nbe_path_join(ldir, "authorized_keys");
+		assert_int_equal(symlink(dir, ldir), 0);
+		r = nbe_authkeys_update(lpath, EC, false, &ch, &err);
+		assert_true(r == -ENOTDIR || r == -ELOOP);
+		assert_non_null(strstr(err.msg, "symbolic link"));
+		nbe_free(lpath);
+		nbe_free(ldir);
+	}
+	/* as root: a new file belongs to its directory's owner (sshd's StrictModes),
+	 * an existing one keeps its owner; a directory of a third user is refused */
+	if (geteuid() == 0) {
+		char *sub = nbe_path_join(dir, "home"), *ak = nbe_path_join(sub, "authorized_keys");
+		assert_int_equal(mkdir(sub, 0700), 0);
+		assert_int_equal(chown(sub, 65534, 65534), 0);
+		assert_int_equal(nbe_authkeys_update(ak, ED, true, &ch, &err), 0);
+		assert_int_equal(stat(ak, &st), 0);
+		assert_int_equal(st.st_uid, 65534);
+		assert_int_equal(st.st_gid, 65534);
+		assert_int_equal(st.st_mode & 07777, 0600);
+		assert_int_equal(chown(sub, 1234, 1234), 0);
+		assert_int_equal(nbe_authkeys_update(ak, EC, true, &ch, &err), -EPERM);
+		assert_false(ch);
+		nbe_free(ak);
+		nbe_free(sub);
+	}
 	nbe_free(link);
 	nbe_free(path);
 	tu_rmtree(dir);
