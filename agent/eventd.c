@@ -101,6 +101,7 @@ struct daemon {
 	bool decommissioned; /* refused after a decommission: retry only when asked */
 	int64_t auth_failures;
 	bool fail_network; /* the last failure had no HTTP answer */
+	bool fail_buffer;  /* the last round failed on the buffer itself (disk) */
 	struct jobpull *jobs;
 	int wake_fds[2];
 };
@@ -280,6 +281,7 @@ static void do_round(struct daemon *d)
 	if (r < 0) {
 		/* the buffer itself failed (disk full, I/O): keep running, retry */
 		log_error("uploading: %s", err.msg);
+		d->fail_buffer = true;
 		snprintf(d->last_error, sizeof(d->last_error), "%s", err.msg);
 		save_state(d, "backoff", nbe_clock_wall_ms() + d->cfg.retry_cap_ms);
 		count_round(d);
@@ -287,6 +289,7 @@ static void do_round(struct daemon *d)
 		arm_timer(d, d->cfg.retry_cap_ms);
 		return;
 	}
+	d->fail_buffer = false;
 	if (res.interrupted)
 		return; /* a signal: the loop handles it */
 	check_decommission(d, &res);
@@ -513,6 +516,10 @@ static void read_notify(struct daemon *d)
 			d->decommissioned = false;
 		} else if (strcmp(data, NBE_NOTIFY_POKE) == 0) {
 			d->work = true; /* a backoff in progress stays in force */
+			/* except one after the buffer itself failed (disk full, I/O):
+			 * a producer just wrote to it, so the disk may be back */
+			if (d->fail_buffer)
+				d->next_attempt = 0;
 		}
 	}
 }

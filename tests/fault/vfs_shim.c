@@ -1,0 +1,656 @@
+/*
+ * vfs_shim: an SQLite VFS for fault injection, loaded with LD_PRELOAD into
+ * any of the agent's programs unchanged (issue 8, items 1 and 2; DESIGN §11
+ * "Faults"). A constructor registers it as the default VFS over the real
+ * one ("unix"); without any NBE_VFS_* variable it only passes calls through.
+ *
+ * Crash ("power loss"). Every write and truncation of a durable file (main
+ * database, WAL, rollback journal) since that file's last sync is kept in
+ * memory: the bytes it replaced and the bytes it wrote. At the chosen sync
+ * the shim does not sync: it puts every such file back to its state at its
+ * last sync, applies a random subset of the pending operations again (none,
+ * all, a prefix, or each by a coin), fills some 512-byte sectors inside
+ * pending writes with random bytes, removes with even odds a file created by
+ * this process that was never synced (its directory entry was never made
+ * durable: SQLite fsyncs the directory at a new journal's first sync), and
+ * SIGKILLs the process. Garbling stays inside the written ranges: SQLite
+ * assumes powersafe overwrite, which the real VFS reports. The -shm file is
+ * not modelled: it is not durable and SQLite rebuilds it.
+ * Not modelled: a file deletion that was never made durable (SQLite deletes
+ * the WAL without a directory sync, after a checkpoint that synced the
+ * database, so the WAL coming back holds only copied frames), and writes a
+ * process left unsynced when it exited normally (they count as durable).
+ *
+ * Errors. The N-th write, sync or open of a durable file (counted in this
+ * process) fails with SQLITE_FULL / ENOSPC or SQLITE_IOERR / EIO, once or
+ * for a number of operations or for good, optionally only while a gate file
+ * exists (so a test can make the error go away under a running daemon).
+ *
+ * Environment:
+ *   NBE_VFS_COUNTER     a file holding the count of syncs, shared by every
+ *                       process of a run (without it: counted per process)
+ *   NBE_VFS_CRASH_AT    lose power at this sync (1-based)
+ *   NBE_VFS_CRASH_ODDS  lose power at each sync with probability 1/N
+ *   NBE_VFS_SEED        seed of what survives (default: time and pid)
+ *   NBE_VFS_FAIL        write | sync | open: the operation that fails
+ *   NBE_VFS_FAIL_AT     its N-th occurrence fails first (default 1)
+ *   NBE_VFS_FAIL_TIMES  how many in a row fail (default 1: transient;
+ *                       0: persistent, every one from the N-th on)
+ *   NBE_VFS_FAIL_CODE   full (default) | ioerr
+ *   NBE_VFS_FAIL_GATE   inject, and count, only while this path exists
+ *   NBE_VFS_SELFCHECK   1 = a broken disk for the sweeps' self-check:
+ *                       power loss also empties the WAL, synced frames
+ *                       (acknowledged events) included
+ *   NBE_VFS_LOG         at exit, append "pid writes syncs opens injected
+ *                       untracked" to this file (what a sweep needs to know)
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SECTOR		512
+#define MAX_TRACKS	64
+#define MAX_SAVED_BYTES (256LL * 1024 * 1024) /* beyond: writes count as durable */
+
+enum op_kind { OP_WRITE, OP_SYNC, OP_OPEN, OP_NONE };
+
+struct pending {
+	bool is_write;
+	int64_t off; /* write: where; truncate: the new size */
+	int64_t len;
+	unsigned char *data; /* write: what it wrote */
+	int64_t old_size;    /* the file's size before */
+	int64_t old_off;     /* what it replaced or cut off: old_len bytes at old_off */
+	int64_t old_len;
+	unsigned char *old;
+};
+
+struct track {
+	char *path;
+	bool created_unsynced;
+	struct pending *ops;
+	size_t n, cap;
+};
+
+struct shim_file {
+	sqlite3_file base;
+	struct track *t; /* NULL: not a durable file */
+	sqlite3_file *real;
+};
+
+static sqlite3_vfs *real_vfs;
+static sqlite3_vfs shim_vfs;
+static struct track tracks[MAX_TRACKS];
+static int64_t saved_bytes;
+static uint64_t rng_state;
+
+static struct {
+	const char *counter;
+	int64_t crash_at, crash_odds;
+	enum op_kind fail;
+	int64_t fail_at, fail_times;
+	bool fail_full;
+	const char *gate;
+	const char *log;
+	bool selfcheck;
+} cfg;
+
+static struct {
+	int64_t count[OP_NONE];
+	int64_t syncs_seen; /* this process's syncs (the counter may be shared) */
+	int64_t injected;
+	int64_t untracked;
+	int last_errno;
+} stats;
+
+static uint64_t rnd(void)
+{
+	/* xorshift64*: fast, reproducible from the seed */
+	rng_state ^= rng_state >> 12;
+	rng_state ^= rng_state << 25;
+	rng_state ^= rng_state >> 27;
+	return rng_state * 2685821657736338717ULL;
+}
+
+static int64_t env_int(const char *name, int64_t def)
+{
+	const char *v = getenv(name);
+	char *end;
+	long long n;
+
+	if (!v || !*v)
+		return def;
+	errno = 0;
+	n = strtoll(v, &end, 10);
+	if (errno || *end || n < 0) {
+		fprintf(stderr, "vfs_shim: %s: not a number: %s\n", name, v);
+		_exit(2);
+	}
+	return (int64_t)n;
+}
+
+/* ---- the power-loss model -------------------------------------------------- */
+
+static struct track *track_of(const char *path)
+{
+	struct track *free_slot = NULL;
+
+	for (size_t i = 0; i < MAX_TRACKS; i++) {
+		if (tracks[i].path && strcmp(tracks[i].path, path) == 0)
+			return &tracks[i];
+		if (!tracks[i].path && !free_slot)
+			free_slot = &tracks[i];
+	}
+	if (!free_slot)
+		return NULL;
+	free_slot->path = strdup(path);
+	return free_slot->path ? free_slot : NULL;
+}
+
+static void forget_pending(struct track *t)
+{
+	for (size_t i = 0; i < t->n; i++) {
+		saved_bytes -= t->ops[i].len + t->ops[i].old_len;
+		free(t->ops[i].data);
+		free(t->ops[i].old);
+	}
+	t->n = 0;
+}
+
+static struct pending *new_pending(struct track *t)
+{
+	if (t->n == t->cap) {
+		size_t cap = t->cap ? t->cap * 2 : 16;
+		struct pending *p = realloc(t->ops, cap * sizeof(*p));
+		if (!p)
+			return NULL;
+		t->ops = p;
+		t->cap = cap;
+	}
+	memset(&t->ops[t->n], 0, sizeof(t->ops[0]));
+	return &t->ops[t->n];
+}
+
+/* Reads [off, off + len) of the file as it is now into a new buffer. */
+static unsigned char *read_range(sqlite3_file *real, int64_t off, int64_t len)
+{
+	unsigned char *b = malloc((size_t)len);
+	int rc;
+
+	if (!b)
+		return NULL;
+	rc = real->pMethods->xRead(real, b, (int)len, off);
+	if (rc != SQLITE_OK && rc != SQLITE_IOERR_SHORT_READ) {
+		free(b);
+		return NULL;
+	}
+	return b;
+}
+
+/* Remembers a write or a truncation before it happens; false when it cannot
+ * (out of memory or over the cap): it then counts as durable. */
+static bool remember(struct track *t, sqlite3_file *real, bool is_write, const void *data,
+		     int64_t len, int64_t off)
+{
+	sqlite3_int64 size;
+	struct pending *p;
+
+	if (real->pMethods->xFileSize(real, &size) != SQLITE_OK)
+		return false;
+	if (saved_bytes + 2 * len + (is_write ? 0 : size) > MAX_SAVED_BYTES)
+		return false;
+	p = new_pending(t);
+	if (!p)
+		return false;
+	p->is_write = is_write;
+	p->off = off;
+	p->old_size = size;
+	if (is_write) {
+		p->len = len;
+		p->data = malloc((size_t)len);
+		if (!p->data)
+			return false;
+		memcpy(p->data, data, (size_t)len);
+		p->old_off = off;
+		p->old_len = off < size ? (off + len < size ? len : size - off) : 0;
+	} else {
+		p->old_off = off;
+		p->old_len = off < size ? size - off : 0;
+	}
+	if (p->old_len > 0) {
+		p->old = read_range(real, p->old_off, p->old_len);
+		if (!p->old) {
+			free(p->data);
+			return false;
+		}
+	}
+	saved_bytes += p->len + p->old_len;
+	t->n++;
+	return true;
+}
+
+static void write_all(int fd, const unsigned char *b, int64_t len, int64_t off)
+{
+	while (len > 0) {
+		ssize_t n = pwrite(fd, b, (size_t)len, off);
+		if (n <= 0)
+			return;
+		b += n;
+		len -= n;
+		off += n;
+	}
+}
+
+static void garble(int fd, const struct pending *p)
+{
+	unsigned char junk[SECTOR];
+	int64_t first = p->off / SECTOR, last = (p->off + p->len - 1) / SECTOR;
+	int64_t s = first + (int64_t)(rnd() % (uint64_t)(last - first + 1));
+	int64_t from = s * SECTOR < p->off ? p->off : s * SECTOR;
+	int64_t to = (s + 1) * SECTOR > p->off + p->len ? p->off + p->len : (s + 1) * SECTOR;
+
+	for (size_t i = 0; i < sizeof(junk); i++)
+		junk[i] = (unsigned char)rnd();
+	write_all(fd, junk, to - from, from);
+}
+
+/* Puts one file in a state a power loss now could leave it in. */
+static void crash_file(struct track *t)
+{
+	int fd = open(t->path, O_RDWR | O_CLOEXEC);
+	int mode = (int)(rnd() % 4); /* none, all, a prefix, each by a coin */
+	size_t prefix = t->n ? (size_t)(rnd() % (t->n + 1)) : 0;
+
+	if (fd < 0)
+		return;
+	for (size_t i = t->n; i-- > 0;) {
+		const struct pending *p = &t->ops[i];
+		if (p->old_len > 0)
+			write_all(fd, p->old, p->old_len, p->old_off);
+		if (ftruncate(fd, p->old_size) != 0)
+			break;
+	}
+	for (size_t i = 0; i < t->n; i++) {
+		const struct pending *p = &t->ops[i];
+		bool keep = mode == 1 || (mode == 2 && i < prefix) || (mode == 3 && (rnd() & 1));
+		if (keep && p->is_write)
+			write_all(fd, p->data, p->len, p->off);
+		else if (keep && ftruncate(fd, p->off) != 0)
+			break;
+		if (p->is_write && p->len > 0 && rnd() % 4 == 0)
+			garble(fd, p);
+	}
+	if (cfg.selfcheck && strlen(t->path) > 4 &&
+	    strcmp(t->path + strlen(t->path) - 4, "-wal") == 0 && ftruncate(fd, 0) != 0)
+		fprintf(stderr, "vfs_shim: cannot empty %s\n", t->path);
+	close(fd);
+	if (t->created_unsynced && (rnd() & 1))
+		unlink(t->path);
+}
+
+static void log_stats(void);
+
+static void lose_power(void)
+{
+	for (size_t i = 0; i < MAX_TRACKS; i++)
+		if (tracks[i].path &&
+		    (tracks[i].n > 0 || tracks[i].created_unsynced || cfg.selfcheck))
+			crash_file(&tracks[i]);
+	log_stats();
+	kill(getpid(), SIGKILL);
+	_exit(137);
+}
+
+/* Counts one sync; true when power is lost at it. */
+static bool crash_now(void)
+{
+	int64_t n = ++stats.syncs_seen;
+
+	if (cfg.counter) {
+		char buf[32] = { 0 };
+		int fd = open(cfg.counter, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+		if (fd >= 0 && flock(fd, LOCK_EX) == 0) {
+			ssize_t got = pread(fd, buf, sizeof(buf) - 1, 0);
+			n = (got > 0 ? strtoll(buf, NULL, 10) : 0) + 1;
+			int len = snprintf(buf, sizeof(buf), "%" PRId64 "\n", n);
+			if (pwrite(fd, buf, (size_t)len, 0) != len)
+				n = -1;
+		}
+		if (fd >= 0)
+			close(fd);
+	}
+	if (cfg.crash_at > 0 && n == cfg.crash_at)
+		return true;
+	return cfg.crash_odds > 0 && rnd() % (uint64_t)cfg.crash_odds == 0;
+}
+
+/* ---- error injection --------------------------------------------------------- */
+
+/* 0, or the error the op must fail with (errno set to match). */
+static int inject(enum op_kind k)
+{
+	int64_t n;
+
+	stats.count[k]++;
+	if (cfg.fail != k || (cfg.gate && access(cfg.gate, F_OK) != 0))
+		return 0;
+	n = stats.count[k];
+	if (cfg.gate) {
+		static int64_t gated[OP_NONE];
+		n = ++gated[k];
+	}
+	if (n < cfg.fail_at || (cfg.fail_times > 0 && n >= cfg.fail_at + cfg.fail_times))
+		return 0;
+	stats.injected++;
+	stats.last_errno = cfg.fail_full ? ENOSPC : EIO;
+	errno = stats.last_errno;
+	switch (k) {
+	case OP_WRITE:
+		return cfg.fail_full ? SQLITE_FULL : SQLITE_IOERR_WRITE;
+	case OP_SYNC:
+		return SQLITE_IOERR_FSYNC;
+	default:
+		return SQLITE_CANTOPEN;
+	}
+}
+
+/* ---- the io methods ------------------------------------------------------------ */
+
+#define REAL(f) (((struct shim_file *)(f))->real)
+
+static int x_close(sqlite3_file *f)
+{
+	return REAL(f)->pMethods->xClose(REAL(f));
+}
+
+static int x_read(sqlite3_file *f, void *b, int n, sqlite3_int64 off)
+{
+	return REAL(f)->pMethods->xRead(REAL(f), b, n, off);
+}
+
+static int x_write(sqlite3_file *f, const void *b, int n, sqlite3_int64 off)
+{
+	struct shim_file *s = (struct shim_file *)f;
+	int rc;
+
+	if (!s->t)
+		return s->real->pMethods->xWrite(s->real, b, n, off);
+	rc = inject(OP_WRITE);
+	if (rc)
+		return rc;
+	if ((cfg.crash_at > 0 || cfg.crash_odds > 0) && !remember(s->t, s->real, true, b, n, off))
+		stats.untracked++;
+	return s->real->pMethods->xWrite(s->real, b, n, off);
+}
+
+static int x_truncate(sqlite3_file *f, sqlite3_int64 size)
+{
+	struct shim_file *s = (struct shim_file *)f;
+
+	if (s->t && (cfg.crash_at > 0 || cfg.crash_odds > 0) &&
+	    !remember(s->t, s->real, false, NULL, 0, size))
+		stats.untracked++;
+	return s->real->pMethods->xTruncate(s->real, size);
+}
+
+static int x_sync(sqlite3_file *f, int flags)
+{
+	struct shim_file *s = (struct shim_file *)f;
+	int rc;
+
+	if (!s->t)
+		return s->real->pMethods->xSync(s->real, flags);
+	rc = inject(OP_SYNC);
+	if (rc)
+		return rc;
+	if (crash_now())
+		lose_power();
+	rc = s->real->pMethods->xSync(s->real, flags);
+	if (rc == SQLITE_OK) {
+		forget_pending(s->t);
+		s->t->created_unsynced = false;
+	}
+	return rc;
+}
+
+static int x_file_size(sqlite3_file *f, sqlite3_int64 *size)
+{
+	return REAL(f)->pMethods->xFileSize(REAL(f), size);
+}
+
+static int x_lock(sqlite3_file *f, int l)
+{
+	return REAL(f)->pMethods->xLock(REAL(f), l);
+}
+
+static int x_unlock(sqlite3_file *f, int l)
+{
+	return REAL(f)->pMethods->xUnlock(REAL(f), l);
+}
+
+static int x_check_reserved(sqlite3_file *f, int *out)
+{
+	return REAL(f)->pMethods->xCheckReservedLock(REAL(f), out);
+}
+
+static int x_file_control(sqlite3_file *f, int op, void *arg)
+{
+	return REAL(f)->pMethods->xFileControl(REAL(f), op, arg);
+}
+
+static int x_sector_size(sqlite3_file *f)
+{
+	return REAL(f)->pMethods->xSectorSize(REAL(f));
+}
+
+static int x_device_chars(sqlite3_file *f)
+{
+	return REAL(f)->pMethods->xDeviceCharacteristics(REAL(f));
+}
+
+static int x_shm_map(sqlite3_file *f, int pg, int sz, int extend, void volatile **p)
+{
+	return REAL(f)->pMethods->xShmMap(REAL(f), pg, sz, extend, p);
+}
+
+static int x_shm_lock(sqlite3_file *f, int off, int n, int flags)
+{
+	return REAL(f)->pMethods->xShmLock(REAL(f), off, n, flags);
+}
+
+static void x_shm_barrier(sqlite3_file *f)
+{
+	REAL(f)->pMethods->xShmBarrier(REAL(f));
+}
+
+static int x_shm_unmap(sqlite3_file *f, int del)
+{
+	return REAL(f)->pMethods->xShmUnmap(REAL(f), del);
+}
+
+static int x_fetch(sqlite3_file *f, sqlite3_int64 off, int n, void **p)
+{
+	return REAL(f)->pMethods->xFetch(REAL(f), off, n, p);
+}
+
+static int x_unfetch(sqlite3_file *f, sqlite3_int64 off, void *p)
+{
+	return REAL(f)->pMethods->xUnfetch(REAL(f), off, p);
+}
+
+static sqlite3_io_methods shim_io = {
+	.iVersion = 3,
+	.xClose = x_close,
+	.xRead = x_read,
+	.xWrite = x_write,
+	.xTruncate = x_truncate,
+	.xSync = x_sync,
+	.xFileSize = x_file_size,
+	.xLock = x_lock,
+	.xUnlock = x_unlock,
+	.xCheckReservedLock = x_check_reserved,
+	.xFileControl = x_file_control,
+	.xSectorSize = x_sector_size,
+	.xDeviceCharacteristics = x_device_chars,
+	.xShmMap = x_shm_map,
+	.xShmLock = x_shm_lock,
+	.xShmBarrier = x_shm_barrier,
+	.xShmUnmap = x_shm_unmap,
+	.xFetch = x_fetch,
+	.xUnfetch = x_unfetch,
+};
+
+/* ---- the vfs ------------------------------------------------------------------- */
+
+static bool durable_type(int flags)
+{
+	return flags & (SQLITE_OPEN_MAIN_DB | SQLITE_OPEN_WAL | SQLITE_OPEN_MAIN_JOURNAL |
+			SQLITE_OPEN_SUPER_JOURNAL);
+}
+
+static int v_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f, int flags, int *out)
+{
+	struct shim_file *s = (struct shim_file *)f;
+	bool durable = name && durable_type(flags);
+	bool existed = durable && access(name, F_OK) == 0;
+	int rc;
+
+	(void)vfs;
+	s->base.pMethods = NULL;
+	s->t = NULL;
+	s->real = (sqlite3_file *)(s + 1);
+	if (durable) {
+		rc = inject(OP_OPEN);
+		if (rc)
+			return rc;
+	}
+	rc = real_vfs->xOpen(real_vfs, name, s->real, flags, out);
+	if (rc != SQLITE_OK || !s->real->pMethods)
+		return rc;
+	if (shim_io.iVersion > s->real->pMethods->iVersion)
+		shim_io.iVersion = s->real->pMethods->iVersion;
+	s->base.pMethods = &shim_io;
+	if (durable) {
+		s->t = track_of(name);
+		if (s->t && !existed && (flags & SQLITE_OPEN_CREATE))
+			s->t->created_unsynced = true;
+		if (!s->t)
+			stats.untracked++;
+	}
+	return rc;
+}
+
+static int v_delete(sqlite3_vfs *vfs, const char *name, int sync_dir)
+{
+	(void)vfs;
+	for (size_t i = 0; i < MAX_TRACKS; i++) {
+		if (tracks[i].path && strcmp(tracks[i].path, name) == 0) {
+			forget_pending(&tracks[i]);
+			tracks[i].created_unsynced = false;
+		}
+	}
+	return real_vfs->xDelete(real_vfs, name, sync_dir);
+}
+
+static int v_access(sqlite3_vfs *vfs, const char *name, int flags, int *out)
+{
+	(void)vfs;
+	return real_vfs->xAccess(real_vfs, name, flags, out);
+}
+
+static int v_full_pathname(sqlite3_vfs *vfs, const char *name, int n, char *out)
+{
+	(void)vfs;
+	return real_vfs->xFullPathname(real_vfs, name, n, out);
+}
+
+static int v_get_last_error(sqlite3_vfs *vfs, int n, char *buf)
+{
+	(void)vfs;
+	if (stats.last_errno) {
+		int e = stats.last_errno;
+		stats.last_errno = 0;
+		return e;
+	}
+	return real_vfs->xGetLastError(real_vfs, n, buf);
+}
+
+static void log_stats(void)
+{
+	FILE *f;
+
+	if (!cfg.log)
+		return;
+	f = fopen(cfg.log, "ae");
+	if (!f)
+		return;
+	fprintf(f, "%ld %" PRId64 " %" PRId64 " %" PRId64 " %" PRId64 " %" PRId64 "\n",
+		(long)getpid(), stats.count[OP_WRITE], stats.syncs_seen, stats.count[OP_OPEN],
+		stats.injected, stats.untracked);
+	fclose(f);
+}
+
+__attribute__((destructor)) static void shim_fini(void)
+{
+	log_stats();
+}
+
+__attribute__((constructor)) static void shim_init(void)
+{
+	const char *fail = getenv("NBE_VFS_FAIL");
+	const char *code = getenv("NBE_VFS_FAIL_CODE");
+
+	cfg.counter = getenv("NBE_VFS_COUNTER");
+	cfg.crash_at = env_int("NBE_VFS_CRASH_AT", 0);
+	cfg.crash_odds = env_int("NBE_VFS_CRASH_ODDS", 0);
+	cfg.fail_at = env_int("NBE_VFS_FAIL_AT", 1);
+	cfg.fail_times = env_int("NBE_VFS_FAIL_TIMES", 1);
+	cfg.gate = getenv("NBE_VFS_FAIL_GATE");
+	cfg.log = getenv("NBE_VFS_LOG");
+	cfg.selfcheck = env_int("NBE_VFS_SELFCHECK", 0) == 1;
+	cfg.fail = OP_NONE;
+	if (fail && strcmp(fail, "write") == 0)
+		cfg.fail = OP_WRITE;
+	else if (fail && strcmp(fail, "sync") == 0)
+		cfg.fail = OP_SYNC;
+	else if (fail && strcmp(fail, "open") == 0)
+		cfg.fail = OP_OPEN;
+	else if (fail && *fail) {
+		fprintf(stderr, "vfs_shim: NBE_VFS_FAIL: write, sync or open, not %s\n", fail);
+		_exit(2);
+	}
+	cfg.fail_full = !code || strcmp(code, "ioerr") != 0;
+	rng_state = (uint64_t)env_int("NBE_VFS_SEED", 0);
+	if (!rng_state)
+		rng_state = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+	rng_state = rng_state * 0x9E3779B97F4A7C15ULL + 1;
+
+	real_vfs = sqlite3_vfs_find(NULL);
+	if (!real_vfs) {
+		fprintf(stderr, "vfs_shim: no default SQLite VFS\n");
+		_exit(2);
+	}
+	shim_vfs = *real_vfs;
+	shim_vfs.szOsFile = (int)sizeof(struct shim_file) + real_vfs->szOsFile;
+	shim_vfs.zName = "nbe-fault";
+	shim_vfs.pNext = NULL;
+	shim_vfs.xOpen = v_open;
+	shim_vfs.xDelete = v_delete;
+	shim_vfs.xAccess = v_access;
+	shim_vfs.xFullPathname = v_full_pathname;
+	shim_vfs.xGetLastError = v_get_last_error;
+	if (sqlite3_vfs_register(&shim_vfs, 1) != SQLITE_OK) {
+		fprintf(stderr, "vfs_shim: cannot register the VFS\n");
+		_exit(2);
+	}
+}
