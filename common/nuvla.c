@@ -757,9 +757,12 @@ int nbe_nuvla_login(struct nbe_nuvla *n, const char *key, const char *secret,
 	if (ret->cls == NBE_HTTP_OK) {
 		n->has_session = true;
 		r = save_jar(n);
-		if (r < 0)
+		if (r < 0) {
+			/* an error return leaves the caller nothing to clear */
+			nbe_http_response_clear(ret);
 			return nbe_error_set(err, r, "%s: cannot save the session: %s",
 					     n->cookie_file, strerror(-r));
+		}
 	}
 	return 0;
 }
