@@ -6,7 +6,8 @@ the daemon) run with tests/fault/vfs_shim.c preloaded (NBE_VFS_SHIM, set by
 ctest), uploading to the Nuvla stand-in behind the nginx mTLS gateway
 (tests/nuvla/harness.py). Suites (pick one or more on the command line):
 
-  CrashSweep  a capture-and-upload run (records creating the buffer, a
+  CrashSweep  (also with the daemon uploading while producers record, and
+              with power lost at random syncs) a capture-and-upload run (records creating the buffer, a
               job-linked pair, a flush, more records, a second flush) is run
               once to count its syncs (shared counter across processes), then
               again with power lost at sync k for every k. After each: the
@@ -31,6 +32,10 @@ ctest), uploading to the Nuvla stand-in behind the nginx mTLS gateway
 Environment knobs:
   NBE_VFS_CRASH_ROUNDS  sweeps over every sync (default 1 in CI)
   NBE_VFS_CRASH_STRIDE  crash at every Nth sync only (default 1)
+  NBE_VFS_CRASH_RANDOM  runs with power lost at a random sync (default 6)
+  NBE_VFS_DAEMON_STRIDE the daemon sweep crashes at every Nth sync (default 3)
+  NBE_VFS_DAEMON_ROUNDS sweeps of the daemon run (default 1)
+  NBE_VFS_RECORD_STRIDE sweep N in steps of this for record (default 1)
   NBE_VFS_ERROR_STRIDE  sweep N in steps of this for flush (default 8)
   NBE_VFS_ERROR_FULL=1  sweep every N for flush too (the long run)
   NBE_VFS_SEED          seed (printed) to replay a run
@@ -297,6 +302,31 @@ class CrashSweep(Base):
                acked_lost=0, duplicates=0, seconds=round(time.monotonic() - t0, 1))
 
 
+    def test_random_crashes(self):
+        """Power lost at a random sync (odds 1 in the run's sync count per
+        sync), the way a device loses it: no crash point chosen."""
+        runs = _int_env("NBE_VFS_CRASH_RANDOM", 6)
+        total = self.run_once(0, SEED)[3]
+        crashes = 0
+        for i in range(runs):
+            ctl("POST", "reset", {"seed": True})
+            seed = SEED + 7919 * (i + 1)
+            why = "random crash, seed %d (NBE_VFS_SEED=%d)" % (seed, SEED)
+            dev = self.device()
+            acked, attempted = [], []
+            for step in self.scenario():
+                p = dev.run(*step, env=dev.shim_env(crash_odds=total, seed=seed + len(acked)))
+                if p.returncode == -9:
+                    crashes += 1
+                    break
+                self.assertEqual(p.returncode, 0, "%s: %s: %s" % (why, step[0], p.stderr))
+                if step[0] == "record":
+                    acked.append(p.stdout.strip())
+            attempted = list(acked)
+            evs = self.check_buffer(dev, acked, why)
+            self.check_delivered(dev, acked, attempted + [e["id"] for e in evs], why)
+        report("crash_random", runs=runs, crashes=crashes)
+
     def test_selfcheck(self):
         """The sweep can fail: on a disk whose syncs do not make writes
         durable, power loss must cost acknowledged events somewhere."""
@@ -313,6 +343,82 @@ class CrashSweep(Base):
                 caught += 1
         self.assertGreater(caught, 0, "the checks never noticed lost acknowledged events")
         report("crash_selfcheck", runs=10, caught=caught)
+
+
+    def daemon_run(self, crash_at, seed):
+        """The daemon uploads while producers record, all with the shim and
+        one sync counter; power is lost at sync crash_at (0: never), in
+        whichever process makes it; the others die with it (SIGKILL).
+        Returns (crashed, acked ids, syncs counted, device)."""
+        dev = self.device()
+        counter = dev.root / "syncs"
+        env = dev.shim_env(counter=counter, crash_at=crash_at, seed=seed)
+        logf = open(str(dev.root / "daemon.log"), "w")
+        self.addCleanup(logf.close)
+        d = subprocess.Popen([DAEMON, "--config", str(dev.conf)], stderr=logf, env=env)
+        try:
+            sock = dev.root / "run" / "notify.sock"
+            end = time.monotonic() + 10
+            while not sock.exists() and d.poll() is None and time.monotonic() < end:
+                time.sleep(0.02)
+            acked, crashed = [], d.poll() == -9
+            job = "job/" + str(uuid.uuid4())
+            steps = [("nuvlabox.reboot", "--job", job), ("test.tick",),
+                     ("nuvlabox.reboot.completed", "--job", job), ("test.tick",), ("test.tick",)]
+            for step in steps if not crashed else []:
+                p = dev.run("record", *step, env=env)
+                if p.returncode == -9 or d.poll() == -9:
+                    crashed = True
+                    if p.returncode == 0:
+                        acked.append(p.stdout.strip())
+                    break
+                self.assertEqual(p.returncode, 0, p.stderr)
+                acked.append(p.stdout.strip())
+                time.sleep(0.05)
+            end = time.monotonic() + 20
+            while not crashed and time.monotonic() < end:
+                if d.poll() == -9:
+                    crashed = True
+                    break
+                st = json.loads(dev.ok("status", "--json").stdout)
+                if st["pending"] == 0:
+                    break
+                time.sleep(0.1)
+            crashed = crashed or d.poll() == -9
+        finally:
+            if d.poll() is None:
+                d.kill()
+            d.wait()
+        syncs = int(counter.read_text()) if counter.exists() else 0
+        return crashed, acked, syncs, dev
+
+    def test_daemon_crash_sweep(self):
+        """Power lost at every sync of the daemon uploading what producers
+        record (the daemon's own round, in-flight marks and look-ups)."""
+        if not os.path.exists(DAEMON):
+            self.skipTest("no daemon at %s" % DAEMON)
+        stride = _int_env("NBE_VFS_DAEMON_STRIDE", 3)
+        rounds = _int_env("NBE_VFS_DAEMON_ROUNDS", 1)
+        crashed, acked, total, dev = self.daemon_run(0, SEED)
+        self.assertFalse(crashed)
+        self.check_buffer(dev, acked, "daemon dry run")
+        self.assertGreater(total, 10)
+        runs = crashes = 0
+        for r in range(rounds):
+            for k in range(1 + (r % stride), total + 1, stride):
+                seed = SEED + r * 100003 + k
+                why = "daemon run, crash at sync %d of ~%d, seed %d (NBE_VFS_SEED=%d)" % (
+                    k, total, seed, SEED)
+                ctl("POST", "reset", {"seed": True})
+                crashed, acked, _, dev = self.daemon_run(k, seed)
+                runs += 1
+                crashes += crashed
+                evs = self.check_buffer(dev, acked, why)
+                self.check_delivered(dev, acked, acked + [e["id"] for e in evs], why)
+                if not KEEP:
+                    shutil.rmtree(dev.root, ignore_errors=True)
+        report("crash_daemon", syncs_per_run=total, rounds=rounds, stride=stride, runs=runs,
+               crashes=crashes)
 
 
 # =====================================================================  errors
@@ -355,13 +461,17 @@ class ErrorSweep(Base):
     def test_record_errors(self):
         base, base_acked = self.template(5)
         stats = {"runs": 0, "injected": 0, "exit74": 0, "unacked_kept": 0}
+        stride = _int_env("NBE_VFS_RECORD_STRIDE", 1)
         for fresh in (True, False):
             probe = self.copy(None if fresh else base)
             counts, _ = self.counts(probe, "record", "test.probe")
             for op in self.OPS:
                 for code in self.CODES:
                     for times, mode in self.MODES:
-                        for n in range(1, counts[op] + 2):
+                        ns = list(range(1, counts[op] + 2))
+                        if stride > 1:
+                            ns = ns[self.rng.randrange(min(stride, len(ns)))::stride]
+                        for n in ns:
                             self.record_once(None if fresh else base, [] if fresh else base_acked,
                                              op, code, times, n, stats,
                                              "record on a %s buffer, %s %d fails %s (%s)" % (

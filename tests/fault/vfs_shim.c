@@ -9,8 +9,8 @@
  * memory: the bytes it replaced and the bytes it wrote. At the chosen sync
  * the shim does not sync: it puts every such file back to its state at its
  * last sync, applies a random subset of the pending operations again (none,
- * all, a prefix, or each by a coin), fills some 512-byte sectors inside
- * pending writes with random bytes, removes with even odds a file created by
+ * all, a prefix, or each by a coin), in half the cases fills one 512-byte
+ * sector inside a pending write with random bytes, removes with even odds a file created by
  * this process that was never synced (its directory entry was never made
  * durable: SQLite fsyncs the directory at a new journal's first sync), and
  * SIGKILLs the process. Garbling stays inside the written ranges: SQLite
@@ -287,7 +287,12 @@ static void crash_file(struct track *t)
 			write_all(fd, p->data, p->len, p->off);
 		else if (keep && ftruncate(fd, p->off) != 0)
 			break;
-		if (p->is_write && p->len > 0 && rnd() % 4 == 0)
+	}
+	/* torn sectors: in half the crashes, one sector of one pending write
+	 * (more would leave the last transaction almost never whole) */
+	if (t->n > 0 && (rnd() & 1)) {
+		const struct pending *p = &t->ops[rnd() % t->n];
+		if (p->is_write && p->len > 0)
 			garble(fd, p);
 	}
 	if (cfg.selfcheck && strlen(t->path) > 4 &&
