@@ -293,7 +293,13 @@ static int sqlite_errno(sqlite3 *db, int rc)
 static int db_error(struct nbe_buffer *b, int rc, struct nbe_error *err, const char *what)
 {
 	int r = sqlite_errno(b->db, rc);
+	int e = b->db ? sqlite3_system_errno(b->db) : 0;
 
+	/* "disk I/O error" or "unable to open database file" alone does not
+	 * say that the disk is full: add the system's reason */
+	if (e > 0 && ((rc & 0xff) == SQLITE_IOERR || (rc & 0xff) == SQLITE_CANTOPEN))
+		return nbe_error_set(err, r ? r : -EIO, "%s: %s: %s (%s)", b->path, what,
+				     sqlite3_errmsg(b->db), strerror(e));
 	return nbe_error_set(err, r ? r : -EIO, "%s: %s: %s", b->path, what,
 			     b->db ? sqlite3_errmsg(b->db) : sqlite3_errstr(rc));
 }

@@ -582,11 +582,10 @@ static int v_full_pathname(sqlite3_vfs *vfs, const char *name, int n, char *out)
 static int v_get_last_error(sqlite3_vfs *vfs, int n, char *buf)
 {
 	(void)vfs;
-	if (stats.last_errno) {
-		int e = stats.last_errno;
-		stats.last_errno = 0;
-		return e;
-	}
+	/* what the real VFS does too: the errno of the failure (kept, as
+	 * SQLite may ask more than once) */
+	if (stats.last_errno)
+		return stats.last_errno;
 	return real_vfs->xGetLastError(real_vfs, n, buf);
 }
 
