@@ -437,7 +437,7 @@ class ErrorSweep(Base):
         self.assertEqual(p.returncode, 0, p.stderr)
         w = s = o = 0
         for line in log.read_text().split("\n"):
-            if line:
+            if line and not line.startswith("#"):
                 f = [int(x) for x in line.split()]
                 w, s, o = w + f[1], s + f[2], o + f[3]
         return {"write": w, "sync": s, "open": o}, p
@@ -455,7 +455,8 @@ class ErrorSweep(Base):
         return dev
 
     def injected(self, log):
-        return sum(int(line.split()[4]) for line in log.read_text().split("\n") if line) \
+        return sum(int(line.split()[4]) for line in log.read_text().split("\n")
+                   if line and not line.startswith("#")) \
             if log.exists() else 0
 
     def test_record_errors(self):
@@ -608,7 +609,8 @@ class DaemonErrors(Base):
         self.check_delivered(dev, acked, acked, why)
         report("daemon_errors", op=op, code=code,
                injected=sum(int(x.split()[4]) for x in
-                            (dev.root / "vfs.log").read_text().split("\n") if x))
+                            (dev.root / "vfs.log").read_text().split("\n")
+                            if x and not x.startswith("#")))
 
 
 # ==================================================================  full disk

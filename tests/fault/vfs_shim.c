@@ -21,6 +21,11 @@
  * database, so the WAL coming back holds only copied frames), and writes a
  * process left unsynced when it exited normally (they count as durable).
  *
+ * With a shared counter, the processes of a run are one machine: a sync by
+ * any of them makes every earlier write to that file durable (a registry of
+ * syncs, COUNTER.synced, says which), and the one that loses power SIGKILLs
+ * the others (a registry of pids, COUNTER.pids) before it touches a file.
+ *
  * Errors. The N-th write, sync or open of a durable file (counted in this
  * process) fails with SQLITE_FULL / ENOSPC or SQLITE_IOERR / EIO, once or
  * for a number of operations or for good, optionally only while a gate file
@@ -42,7 +47,9 @@
  *                       power loss also empties the WAL, synced frames
  *                       (acknowledged events) included
  *   NBE_VFS_LOG         at exit, append "pid writes syncs opens injected
- *                       untracked" to this file (what a sweep needs to know)
+ *                       untracked" to this file (what a sweep needs to know),
+ *                       after a "# unsynced ..." line per write or truncation
+ *                       still unsynced (tracked only with a crash set)
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -73,6 +80,7 @@ struct pending {
 	int64_t old_off;     /* what it replaced or cut off: old_len bytes at old_off */
 	int64_t old_len;
 	unsigned char *old;
+	int64_t seq; /* syncs counted in the run before it */
 };
 
 struct track {
@@ -137,6 +145,134 @@ static int64_t env_int(const char *name, int64_t def)
 		_exit(2);
 	}
 	return (int64_t)n;
+}
+
+/* ---- the run's shared registries --------------------------------------------- */
+
+/* The run's sync count now (0 without a shared counter). */
+static int64_t current_seq(void)
+{
+	char buf[32] = { 0 };
+	int fd;
+	ssize_t got;
+
+	if (!cfg.counter)
+		return 0;
+	fd = open(cfg.counter, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	got = pread(fd, buf, sizeof(buf) - 1, 0);
+	close(fd);
+	return got > 0 ? strtoll(buf, NULL, 10) : 0;
+}
+
+/* Appends "LINE\n" to COUNTER.SUFFIX (one write: O_APPEND keeps lines whole). */
+static void registry_add(const char *suffix, const char *line)
+{
+	char path[4096], buf[4200];
+	int fd, n;
+
+	if (!cfg.counter ||
+	    snprintf(path, sizeof(path), "%s.%s", cfg.counter, suffix) >= (int)sizeof(path))
+		return;
+	n = snprintf(buf, sizeof(buf), "%s\n", line);
+	if (n <= 0 || n >= (int)sizeof(buf))
+		return;
+	fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return;
+	if (write(fd, buf, (size_t)n) != n)
+		fprintf(stderr, "vfs_shim: cannot write %s\n", path);
+	close(fd);
+}
+
+/* Reads COUNTER.SUFFIX whole (NUL-terminated; the caller frees it). */
+static char *registry_read(const char *suffix)
+{
+	char path[4096];
+	FILE *f;
+	char *data = NULL;
+	size_t cap = 0, len = 0, n;
+
+	if (!cfg.counter ||
+	    snprintf(path, sizeof(path), "%s.%s", cfg.counter, suffix) >= (int)sizeof(path))
+		return NULL;
+	f = fopen(path, "re");
+	if (!f)
+		return NULL;
+	do {
+		if (len + 4096 + 1 > cap) {
+			char *p = realloc(data, cap = len + 65536);
+			if (!p)
+				break;
+			data = p;
+		}
+		n = fread(data + len, 1, 4096, f);
+		len += n;
+	} while (n > 0);
+	fclose(f);
+	if (data)
+		data[len] = '\0';
+	return data;
+}
+
+/* Drops the pending operations another process's sync made durable. */
+static void apply_others_syncs(struct track *t, const char *synced)
+{
+	int64_t last = 0;
+	size_t plen = strlen(t->path), k = 0;
+
+	for (const char *l = synced; l && *l;) {
+		const char *end = strchr(l, '\n');
+		char *sp;
+		int64_t seq = strtoll(l, &sp, 10);
+		size_t llen = end ? (size_t)(end - l) : strlen(l);
+		if (*sp == ' ' && (size_t)(l + llen - sp - 1) == plen &&
+		    memcmp(sp + 1, t->path, plen) == 0 && seq > last)
+			last = seq;
+		l = end ? end + 1 : l + llen;
+	}
+	while (k < t->n && t->ops[k].seq < last)
+		k++;
+	if (k == 0)
+		return;
+	for (size_t i = 0; i < k; i++) {
+		saved_bytes -= t->ops[i].len + t->ops[i].old_len;
+		free(t->ops[i].data);
+		free(t->ops[i].old);
+	}
+	memmove(t->ops, t->ops + k, (t->n - k) * sizeof(t->ops[0]));
+	t->n -= k;
+}
+
+/* Power fails for the whole machine: the run's other processes die now. */
+static void kill_others(void)
+{
+	char *pids = registry_read("pids");
+
+	for (const char *l = pids; l && *l;) {
+		char *end;
+		long pid = strtol(l, &end, 10);
+		if (pid > 0 && pid != (long)getpid() && kill((pid_t)pid, SIGKILL) == 0) {
+			/* wait until it is gone or a zombie: no more writes */
+			for (int i = 0; i < 200; i++) {
+				char path[64], st[256] = { 0 };
+				int fd;
+				snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+				fd = open(path, O_RDONLY | O_CLOEXEC);
+				if (fd < 0)
+					break;
+				ssize_t got = read(fd, st, sizeof(st) - 1);
+				close(fd);
+				const char *rp = got > 0 ? strrchr(st, ')') : NULL;
+				if (!rp || rp[1] == '\0' || rp[2] == 'Z' || rp[2] == 'X')
+					break;
+				usleep(5000);
+			}
+		}
+		l = *end ? end + 1 : end;
+	}
+	free(pids);
 }
 
 /* ---- the power-loss model -------------------------------------------------- */
@@ -215,6 +351,7 @@ static bool remember(struct track *t, sqlite3_file *real, bool is_write, const v
 	p->is_write = is_write;
 	p->off = off;
 	p->old_size = size;
+	p->seq = current_seq();
 	if (is_write) {
 		p->len = len;
 		p->data = malloc((size_t)len);
@@ -307,6 +444,14 @@ static void log_stats(void);
 
 static void lose_power(void)
 {
+	char *synced;
+
+	kill_others();
+	synced = registry_read("synced");
+	for (size_t i = 0; i < MAX_TRACKS; i++)
+		if (tracks[i].path && synced)
+			apply_others_syncs(&tracks[i], synced);
+	free(synced);
 	for (size_t i = 0; i < MAX_TRACKS; i++)
 		if (tracks[i].path &&
 		    (tracks[i].n > 0 || tracks[i].created_unsynced || cfg.selfcheck))
@@ -421,6 +566,12 @@ static int x_sync(sqlite3_file *f, int flags)
 	if (crash_now())
 		lose_power();
 	rc = s->real->pMethods->xSync(s->real, flags);
+	if (rc == SQLITE_OK && cfg.counter && (cfg.crash_at > 0 || cfg.crash_odds > 0)) {
+		char line[4200];
+		if (snprintf(line, sizeof(line), "%" PRId64 " %s", current_seq(), s->t->path) <
+		    (int)sizeof(line))
+			registry_add("synced", line);
+	}
 	if (rc == SQLITE_OK) {
 		forget_pending(s->t);
 		s->t->created_unsynced = false;
@@ -598,6 +749,13 @@ static void log_stats(void)
 	f = fopen(cfg.log, "ae");
 	if (!f)
 		return;
+	for (size_t i = 0; i < MAX_TRACKS; i++) {
+		for (size_t j = 0; j < tracks[i].n; j++) {
+			const struct pending *p = &tracks[i].ops[j];
+			fprintf(f, "# unsynced %s of %s at %" PRId64 "\n",
+				p->is_write ? "write" : "truncate", tracks[i].path, p->off);
+		}
+	}
 	fprintf(f, "%ld %" PRId64 " %" PRId64 " %" PRId64 " %" PRId64 " %" PRId64 "\n",
 		(long)getpid(), stats.count[OP_WRITE], stats.syncs_seen, stats.count[OP_OPEN],
 		stats.injected, stats.untracked);
@@ -653,6 +811,11 @@ __attribute__((constructor)) static void shim_init(void)
 	shim_vfs.xAccess = v_access;
 	shim_vfs.xFullPathname = v_full_pathname;
 	shim_vfs.xGetLastError = v_get_last_error;
+	if (cfg.crash_at > 0 || cfg.crash_odds > 0) {
+		char line[32];
+		snprintf(line, sizeof(line), "%ld", (long)getpid());
+		registry_add("pids", line);
+	}
 	if (sqlite3_vfs_register(&shim_vfs, 1) != SQLITE_OK) {
 		fprintf(stderr, "vfs_shim: cannot register the VFS\n");
 		_exit(2);
