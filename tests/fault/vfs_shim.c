@@ -25,6 +25,9 @@
  * any of them makes every earlier write to that file durable (a registry of
  * syncs, COUNTER.synced, says which), and the one that loses power SIGKILLs
  * the others (a registry of pids, COUNTER.pids) before it touches a file.
+ * What a process leaves unsynced when it exits (flush commits its
+ * acknowledgements with synchronous=NORMAL) is handed over in
+ * COUNTER.unsynced, so a later power loss can still take it.
  *
  * Errors. The N-th write, sync or open of a durable file (counted in this
  * process) fails with SQLITE_FULL / ENOSPC or SQLITE_IOERR / EIO, once or
@@ -81,6 +84,7 @@ struct pending {
 	int64_t old_len;
 	unsigned char *old;
 	int64_t seq; /* syncs counted in the run before it */
+	bool handed; /* left unsynced by a process that exited */
 };
 
 struct track {
@@ -442,11 +446,14 @@ static void crash_file(struct track *t)
 
 static void log_stats(void);
 
+static void take_over(void);
+
 static void lose_power(void)
 {
 	char *synced;
 
 	kill_others();
+	take_over();
 	synced = registry_read("synced");
 	for (size_t i = 0; i < MAX_TRACKS; i++)
 		if (tracks[i].path && synced)
@@ -459,6 +466,106 @@ static void lose_power(void)
 	log_stats();
 	kill(getpid(), SIGKILL);
 	_exit(137);
+}
+
+struct handover {
+	uint32_t path_len;
+	int32_t is_write;
+	int64_t off, len, old_size, old_off, old_len, seq;
+};
+
+/* At exit: appends this process's unsynced operations to COUNTER.unsynced. */
+static void hand_over(void)
+{
+	char path[4096];
+	int fd;
+
+	if (!cfg.counter ||
+	    snprintf(path, sizeof(path), "%s.unsynced", cfg.counter) >= (int)sizeof(path))
+		return;
+	fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0 || flock(fd, LOCK_EX) != 0) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	for (size_t i = 0; i < MAX_TRACKS; i++) {
+		for (size_t j = 0; tracks[i].path && j < tracks[i].n; j++) {
+			const struct pending *p = &tracks[i].ops[j];
+			struct handover h = { (uint32_t)strlen(tracks[i].path),
+					      p->is_write,
+					      p->off,
+					      p->len,
+					      p->old_size,
+					      p->old_off,
+					      p->old_len,
+					      p->seq };
+			bool ok = write(fd, &h, sizeof(h)) == (ssize_t)sizeof(h) &&
+				  write(fd, tracks[i].path, h.path_len) == (ssize_t)h.path_len &&
+				  (!p->len || write(fd, p->data, (size_t)p->len) == p->len) &&
+				  (!p->old_len ||
+				   write(fd, p->old, (size_t)p->old_len) == p->old_len);
+			if (!ok)
+				fprintf(stderr, "vfs_shim: cannot hand over to %s\n", path);
+		}
+	}
+	close(fd);
+}
+
+/* At power loss: the operations processes left unsynced when they exited
+ * come before this process's own, file by file. */
+static void take_over(void)
+{
+	char path[4096], name[4096];
+	struct handover h;
+	FILE *f;
+
+	if (!cfg.counter ||
+	    snprintf(path, sizeof(path), "%s.unsynced", cfg.counter) >= (int)sizeof(path))
+		return;
+	f = fopen(path, "re");
+	if (!f)
+		return;
+	while (fread(&h, sizeof(h), 1, f) == 1) {
+		struct pending p = { 0 };
+		struct track *t;
+		if (h.path_len >= sizeof(name) || fread(name, 1, h.path_len, f) != h.path_len)
+			break;
+		name[h.path_len] = '\0';
+		p.is_write = h.is_write != 0;
+		p.off = h.off;
+		p.len = h.len;
+		p.old_size = h.old_size;
+		p.old_off = h.old_off;
+		p.old_len = h.old_len;
+		p.seq = h.seq;
+		p.data = h.len > 0 ? malloc((size_t)h.len) : NULL;
+		p.old = h.old_len > 0 ? malloc((size_t)h.old_len) : NULL;
+		if ((h.len > 0 &&
+		     (!p.data || fread(p.data, 1, (size_t)h.len, f) != (size_t)h.len)) ||
+		    (h.old_len > 0 &&
+		     (!p.old || fread(p.old, 1, (size_t)h.old_len, f) != (size_t)h.old_len))) {
+			free(p.data);
+			free(p.old);
+			break;
+		}
+		t = track_of(name);
+		if (!t || !new_pending(t)) {
+			free(p.data);
+			free(p.old);
+			continue;
+		}
+		/* before this process's own operations, after earlier hand-overs */
+		size_t at = 0;
+		while (at < t->n && t->ops[at].seq <= p.seq && t->ops[at].handed)
+			at++;
+		memmove(t->ops + at + 1, t->ops + at, (t->n - at) * sizeof(t->ops[0]));
+		p.handed = true;
+		t->ops[at] = p;
+		t->n++;
+		saved_bytes += p.len + p.old_len;
+	}
+	fclose(f);
 }
 
 /* Counts one sync; true when power is lost at it. */
@@ -764,6 +871,8 @@ static void log_stats(void)
 
 __attribute__((destructor)) static void shim_fini(void)
 {
+	if (cfg.crash_at > 0 || cfg.crash_odds > 0)
+		hand_over();
 	log_stats();
 }
 
