@@ -249,6 +249,33 @@ static void apply_others_syncs(struct track *t, const char *synced)
 	t->n -= k;
 }
 
+/* Whether @pid is still a process of this run (pids get reused: never
+ * signal anything else), judged by NBE_VFS_COUNTER in its environment. */
+static bool in_this_run(long pid)
+{
+	char path[64], env[65536], want[4200];
+	ssize_t got;
+	size_t wlen;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%ld/environ", pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	got = read(fd, env, sizeof(env) - 1);
+	close(fd);
+	if (got <= 0)
+		return false;
+	env[got] = '\0';
+	snprintf(want, sizeof(want), "NBE_VFS_COUNTER=%s", cfg.counter);
+	wlen = strlen(want) + 1; /* with its NUL */
+	for (ssize_t i = 0; i + (ssize_t)wlen <= got + 1; i += (ssize_t)strlen(env + i) + 1) {
+		if (memcmp(env + i, want, wlen) == 0)
+			return true;
+	}
+	return false;
+}
+
 /* Power fails for the whole machine: the run's other processes die now. */
 static void kill_others(void)
 {
@@ -257,7 +284,8 @@ static void kill_others(void)
 	for (const char *l = pids; l && *l;) {
 		char *end;
 		long pid = strtol(l, &end, 10);
-		if (pid > 0 && pid != (long)getpid() && kill((pid_t)pid, SIGKILL) == 0) {
+		if (pid > 0 && pid != (long)getpid() && in_this_run(pid) &&
+		    kill((pid_t)pid, SIGKILL) == 0) {
 			/* wait until it is gone or a zombie: no more writes */
 			for (int i = 0; i < 200; i++) {
 				char path[64], st[256] = { 0 };
