@@ -220,22 +220,31 @@ static char *registry_read(const char *suffix)
 	return data;
 }
 
-/* Drops the pending operations another process's sync made durable. */
-static void apply_others_syncs(struct track *t, const char *synced)
+/* The highest count a registry ("SEQ PATH" lines) holds for @path, or -1. */
+static int64_t last_seq_for(const char *reg, const char *path)
 {
-	int64_t last = 0;
-	size_t plen = strlen(t->path), k = 0;
+	int64_t last = -1;
+	size_t plen = strlen(path);
 
-	for (const char *l = synced; l && *l;) {
+	for (const char *l = reg; l && *l;) {
 		const char *end = strchr(l, '\n');
 		char *sp;
 		int64_t seq = strtoll(l, &sp, 10);
 		size_t llen = end ? (size_t)(end - l) : strlen(l);
 		if (*sp == ' ' && (size_t)(l + llen - sp - 1) == plen &&
-		    memcmp(sp + 1, t->path, plen) == 0 && seq > last)
+		    memcmp(sp + 1, path, plen) == 0 && seq > last)
 			last = seq;
 		l = end ? end + 1 : l + llen;
 	}
+	return last;
+}
+
+/* Drops the pending operations another process's sync made durable. */
+static void apply_others_syncs(struct track *t, const char *synced)
+{
+	int64_t last = last_seq_for(synced, t->path);
+	size_t k = 0;
+
 	while (k < t->n && t->ops[k].seq < last)
 		k++;
 	if (k == 0)
@@ -544,7 +553,7 @@ static void hand_over(void)
  * come before this process's own, file by file. */
 static void take_over(void)
 {
-	char path[4096], name[4096];
+	char path[4096], name[4096], *deleted;
 	struct handover h;
 	FILE *f;
 
@@ -554,6 +563,7 @@ static void take_over(void)
 	f = fopen(path, "re");
 	if (!f)
 		return;
+	deleted = registry_read("deleted");
 	while (fread(&h, sizeof(h), 1, f) == 1) {
 		struct pending p = { 0 };
 		struct track *t;
@@ -577,7 +587,8 @@ static void take_over(void)
 			free(p.old);
 			break;
 		}
-		t = track_of(name);
+		/* a file deleted since: what was left in it went with it */
+		t = last_seq_for(deleted, name) >= p.seq ? NULL : track_of(name);
 		if (!t || !new_pending(t)) {
 			free(p.data);
 			free(p.old);
@@ -593,6 +604,7 @@ static void take_over(void)
 		t->n++;
 		saved_bytes += p.len + p.old_len;
 	}
+	free(deleted);
 	fclose(f);
 }
 
@@ -844,6 +856,14 @@ static int v_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f, int flags
 static int v_delete(sqlite3_vfs *vfs, const char *name, int sync_dir)
 {
 	(void)vfs;
+	if (cfg.counter && (cfg.crash_at > 0 || cfg.crash_odds > 0)) {
+		/* what earlier processes left unsynced in it is gone with it (a
+		 * deletion that was never made durable is not modelled) */
+		char line[4200];
+		if (snprintf(line, sizeof(line), "%" PRId64 " %s", current_seq(), name) <
+		    (int)sizeof(line))
+			registry_add("deleted", line);
+	}
 	for (size_t i = 0; i < MAX_TRACKS; i++) {
 		if (tracks[i].path && strcmp(tracks[i].path, name) == 0) {
 			forget_pending(&tracks[i]);
