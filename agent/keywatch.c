@@ -92,7 +92,7 @@ bool keywatch_read(struct keywatch *kw)
 /* Reads the keys of @path into @set. A missing file holds no keys. */
 static int read_keys(const char *path, struct keyset *set)
 {
-	char *text = NULL, *line, *next;
+	char *text = NULL;
 	size_t len;
 	int r = nbe_read_file(path, KEYS_FILE_MAX, &text, &len);
 
@@ -101,22 +101,9 @@ static int read_keys(const char *path, struct keyset *set)
 		return 0;
 	if (r < 0)
 		return r;
-	for (line = text; line && *line; line = next) {
-		struct nbe_sshkey k;
-		bool dup = false;
-
-		next = strchr(line, '\n');
-		if (next)
-			*next++ = '\0';
-		if (nbe_sshkey_parse_line(line, strlen(line), &k) != 1)
-			continue; /* sshd ignores what it cannot read */
-		for (size_t i = 0; i < set->n; i++)
-			dup = dup || strcmp(set->keys[i].fingerprint, k.fingerprint) == 0;
-		if (!dup && set->n < MAX_KEYS)
-			set->keys[set->n++] = k;
-	}
+	r = nbe_sshkeys_parse(text, len, set->keys, MAX_KEYS, &set->n);
 	nbe_free(text);
-	return 0;
+	return r;
 }
 
 static bool set_has(const struct keyset *set, const char *fp)

@@ -2,6 +2,7 @@
 
 #include "alloc.h"
 #include "fsutil.h"
+#include "ids.h"
 #include "json.h"
 
 #include <cjson/cJSON.h>
@@ -126,6 +127,66 @@ out:
 	return ret;
 }
 
+int nbe_nuvla_parse_nuvlabox(const char *body, char *state, size_t state_size, char **ret_owner)
+{
+	cJSON *doc = body ? cJSON_Parse(body) : NULL;
+	cJSON *owner = cJSON_GetObjectItemCaseSensitive(doc, "owner");
+	cJSON *st = cJSON_GetObjectItemCaseSensitive(doc, "state");
+	char *o = NULL;
+
+	if (cJSON_IsString(st) && strlen(st->valuestring) < state_size)
+		snprintf(state, state_size, "%s", st->valuestring);
+	if (cJSON_IsString(owner) && nbe_principal_valid(owner->valuestring)) {
+		o = nbe_strdup(owner->valuestring);
+		if (!o) {
+			cJSON_Delete(doc);
+			return -ENOMEM;
+		}
+	}
+	cJSON_Delete(doc);
+	*ret_owner = o;
+	return 0;
+}
+
+int nbe_nuvla_parse_search(const char *body, const char *const *tags, size_t n, char **ret_ids)
+{
+	cJSON *doc = body ? cJSON_Parse(body) : NULL, *it, *t;
+	cJSON *list = cJSON_GetObjectItemCaseSensitive(doc, "resources");
+
+	if (!cJSON_IsArray(list)) {
+		cJSON_Delete(doc);
+		return -EINVAL;
+	}
+	for (size_t i = 0; i < n; i++) {
+		ret_ids[i] = NULL;
+		cJSON_ArrayForEach(it, list)
+		{
+			cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id");
+			bool match = false;
+
+			cJSON_ArrayForEach(t, cJSON_GetObjectItemCaseSensitive(it, "tags"))
+			{
+				if (cJSON_IsString(t) && strcmp(t->valuestring, tags[i]) == 0)
+					match = true;
+			}
+			if (!match || !cJSON_IsString(id) || !nbe_href_is(id->valuestring, "event"))
+				continue;
+			ret_ids[i] = nbe_strdup(id->valuestring);
+			if (!ret_ids[i]) {
+				for (size_t k = 0; k < i; k++) {
+					nbe_free(ret_ids[k]);
+					ret_ids[k] = NULL;
+				}
+				cJSON_Delete(doc);
+				return -ENOMEM;
+			}
+			break;
+		}
+	}
+	cJSON_Delete(doc);
+	return 0;
+}
+
 /* A gateway's reason: the <title> of an HTML page, else the first line. */
 static void gateway_reason(const char *body, char *out, size_t size)
 {
@@ -207,18 +268,16 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
 	return n;
 }
 
-/* Picks Retry-After (seconds or an HTTP date) out of the response headers. */
-static size_t on_header(char *data, size_t size, size_t nmemb, void *userdata)
+int64_t nbe_nuvla_parse_retry_after(const char *line, size_t n, int64_t now_s)
 {
-	struct transfer *t = userdata;
-	size_t n = size * nmemb;
 	char value[128];
 	const char *v;
 	size_t vlen;
+	int64_t s = -1;
 
-	if (n < 12 || strncasecmp(data, "Retry-After:", 12) != 0)
-		return n;
-	v = data + 12;
+	if (n < 12 || strncasecmp(line, "Retry-After:", 12) != 0)
+		return -1;
+	v = line + 12;
 	vlen = n - 12;
 	while (vlen && (*v == ' ' || *v == '\t')) {
 		v++;
@@ -227,21 +286,28 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *userdata)
 	while (vlen && (v[vlen - 1] == '\r' || v[vlen - 1] == '\n' || v[vlen - 1] == ' '))
 		vlen--;
 	if (vlen == 0 || vlen >= sizeof(value))
-		return n;
+		return -1;
 	memcpy(value, v, vlen);
 	value[vlen] = '\0';
 	if (strspn(value, "0123456789") == vlen) {
-		long long s = vlen > 7 ? NBE_RETRY_AFTER_MAX_S : strtoll(value, NULL, 10);
-		t->retry_after_s = s;
+		s = vlen > 7 ? NBE_RETRY_AFTER_MAX_S : strtoll(value, NULL, 10);
 	} else {
 		time_t when = curl_getdate(value, NULL);
-		if (when > 0) {
-			time_t now = time(NULL);
-			t->retry_after_s = when > now ? (int64_t)(when - now) : 0;
-		}
+		if (when > 0)
+			s = when > now_s ? (int64_t)when - now_s : 0;
 	}
-	if (t->retry_after_s > NBE_RETRY_AFTER_MAX_S)
-		t->retry_after_s = NBE_RETRY_AFTER_MAX_S;
+	return s > NBE_RETRY_AFTER_MAX_S ? NBE_RETRY_AFTER_MAX_S : s;
+}
+
+/* Picks Retry-After (seconds or an HTTP date) out of the response headers. */
+static size_t on_header(char *data, size_t size, size_t nmemb, void *userdata)
+{
+	struct transfer *t = userdata;
+	size_t n = size * nmemb;
+	int64_t s = nbe_nuvla_parse_retry_after(data, n, (int64_t)time(NULL));
+
+	if (s >= 0)
+		t->retry_after_s = s;
 	return n;
 }
 
@@ -306,25 +372,31 @@ static void classify(struct transfer *t, CURLcode result, struct nbe_http_respon
 	r->body = t->resp;
 	r->body_len = t->resp_len;
 	t->resp = NULL;
+	nbe_nuvla_classify_answer(status, r);
+}
+
+void nbe_nuvla_classify_answer(long status, struct nbe_http_response *r)
+{
+	char msg[400];
+	long s;
+
+	r->status = status;
 	if (status >= 200 && status < 300) {
 		r->cls = NBE_HTTP_OK;
 		snprintf(r->message, sizeof(r->message), "HTTP %ld", status);
 		return;
 	}
-	{
-		char msg[400];
-		long s = nbe_nuvla_parse_error(r->body, msg, sizeof(msg));
-		/* another JSON error (a gateway's) is not Nuvla's: its status must
-		 * be the answer's */
-		if (s == status) {
-			r->cls = NBE_HTTP_NUVLA_ERROR;
-			snprintf(r->message, sizeof(r->message), "%ld %s", status, msg);
-		} else {
-			r->cls = NBE_HTTP_GATEWAY_ERROR;
-			gateway_reason(r->body, msg, sizeof(msg));
-			snprintf(r->message, sizeof(r->message), "HTTP %ld from the gateway: %s",
-				 status, msg[0] ? msg : "(no body)");
-		}
+	s = nbe_nuvla_parse_error(r->body, msg, sizeof(msg));
+	/* another JSON error (a gateway's) is not Nuvla's: its status must be
+	 * the answer's */
+	if (s == status) {
+		r->cls = NBE_HTTP_NUVLA_ERROR;
+		snprintf(r->message, sizeof(r->message), "%ld %s", status, msg);
+	} else {
+		r->cls = NBE_HTTP_GATEWAY_ERROR;
+		gateway_reason(r->body, msg, sizeof(msg));
+		snprintf(r->message, sizeof(r->message), "HTTP %ld from the gateway: %s", status,
+			 msg[0] ? msg : "(no body)");
 	}
 }
 

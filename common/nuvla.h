@@ -123,4 +123,39 @@ long nbe_nuvla_parse_error(const char *body, char *out, size_t out_size);
 /* Reads "resource-id" of a create response, else "id". New string or NULL. */
 char *nbe_nuvla_resource_id(const char *body);
 
+/*
+ * The pure parts of reading an answer, apart so that they can be tested and
+ * fuzzed without a server.
+ */
+
+/*
+ * Classifies a complete HTTP answer with status @status and body @r->body
+ * (may be NULL): sets @r->status, @r->cls (OK, NUVLA_ERROR or GATEWAY_ERROR)
+ * and @r->message (one printable line).
+ */
+void nbe_nuvla_classify_answer(long status, struct nbe_http_response *r);
+
+/*
+ * The seconds a "Retry-After:" header line (@n bytes, not NUL-terminated,
+ * CRLF allowed) asks for, as seconds or an HTTP date after @now_s, capped
+ * at NBE_RETRY_AFTER_MAX_S; -1 for another header or an unreadable value.
+ */
+int64_t nbe_nuvla_parse_retry_after(const char *line, size_t n, int64_t now_s);
+
+/*
+ * Reads a nuvlabox document (GET /api/nuvlabox/<uuid>): its "state" into
+ * @state (left as it is when absent or not shorter than @state_size), and
+ * its "owner" into *ret_owner (a new string, or NULL when absent or not an
+ * ACL principal). A body that is not JSON has neither. Returns 0 or -ENOMEM.
+ */
+int nbe_nuvla_parse_nuvlabox(const char *body, char *state, size_t state_size, char **ret_owner);
+
+/*
+ * Reads a search answer ({"resources": [...]}): for each of the @n @tags,
+ * @ret_ids[i] is the "id" (event/<uuid>) of the first resource carrying it,
+ * a new string, or NULL when none does. Returns 0, -EINVAL when @body is
+ * not a search answer, -ENOMEM (then no string is left in @ret_ids).
+ */
+int nbe_nuvla_parse_search(const char *body, const char *const *tags, size_t n, char **ret_ids);
+
 #endif

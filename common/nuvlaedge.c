@@ -33,25 +33,11 @@ static const char *str(cJSON *obj, const char *key)
 	return cJSON_IsString(it) && it->valuestring[0] ? it->valuestring : NULL;
 }
 
-/* Reads @dir/@name as a JSON object. -ENOENT when absent. */
-static int read_json(const char *dir, const char *name, cJSON **ret, char *path, size_t psize,
-		     struct nbe_error *err)
+/* Parses @text as a JSON object; @path names it in messages. */
+static int parse_object(const char *text, const char *path, cJSON **ret, struct nbe_error *err)
 {
-	char *text = NULL;
-	size_t len;
-	cJSON *j;
-	int r;
+	cJSON *j = cJSON_Parse(text);
 
-	snprintf(path, psize, "%s/%s", dir, name);
-	r = nbe_read_file(path, NBE_NUVLAEDGE_MAX_FILE, &text, &len);
-	if (r == -ENOENT)
-		return r;
-	if (r < 0)
-		return nbe_error_set(err, r, "%s: %s", path,
-				     r == -EFBIG ? "too large" : strerror(-r));
-	j = cJSON_Parse(text);
-	explicit_bzero(text, len);
-	nbe_free(text);
 	if (!cJSON_IsObject(j)) {
 		cJSON_Delete(j);
 		return nbe_error_set(err, -EINVAL,
@@ -61,6 +47,31 @@ static int read_json(const char *dir, const char *name, cJSON **ret, char *path,
 	}
 	*ret = j;
 	return 0;
+}
+
+/* Reads @dir/@name (its path into @path). -ENOENT when absent. */
+static int read_text(const char *dir, const char *name, char **ret, size_t *ret_len, char *path,
+		     size_t psize, struct nbe_error *err)
+{
+	int r;
+
+	snprintf(path, psize, "%s/%s", dir, name);
+	r = nbe_read_file(path, NBE_NUVLAEDGE_MAX_FILE, ret, ret_len);
+	if (r == -ENOENT)
+		return r;
+	if (r < 0)
+		return nbe_error_set(err, r, "%s: %s", path,
+				     r == -EFBIG ? "too large" : strerror(-r));
+	return 0;
+}
+
+/* Wipes and frees a file's text (it may hold a secret). */
+static void free_text(char *text, size_t len)
+{
+	if (!text)
+		return;
+	explicit_bzero(text, len);
+	nbe_free(text);
 }
 
 /* Decodes irs2 into "<key>:<secret>" and splits it. */
@@ -155,18 +166,19 @@ static int from_session(cJSON *j, const char *path, struct nbe_nuvlaedge_identit
 	return 0;
 }
 
-static int from_legacy(const char *dir, struct nbe_nuvlaedge_identity *id, struct nbe_error *err)
+static int from_legacy(const char *context, const char *activated, const char *dir,
+		       struct nbe_nuvlaedge_identity *id, struct nbe_error *err)
 {
 	char path[600];
 	cJSON *act = NULL, *ctx = NULL;
 	const char *k, *s, *nb;
-	int r, found = 0;
+	int r;
 
-	r = read_json(dir, ".context", &ctx, path, sizeof(path), err);
-	if (r < 0 && r != -ENOENT)
-		return r;
-	if (r == 0) {
-		found = 1;
+	if (context) {
+		snprintf(path, sizeof(path), "%s/.context", dir);
+		r = parse_object(context, path, &ctx, err);
+		if (r < 0)
+			return r;
 		nb = str(ctx, "id");
 		if (nb && !(id->nuvlabox_id = nbe_nuvlabox_id_normalize(nb))) {
 			cJSON_Delete(ctx);
@@ -176,11 +188,11 @@ static int from_legacy(const char *dir, struct nbe_nuvlaedge_identity *id, struc
 		cJSON_Delete(ctx);
 		snprintf(id->source, sizeof(id->source), "%s", path);
 	}
-	r = read_json(dir, ".activated", &act, path, sizeof(path), err);
-	if (r < 0 && r != -ENOENT)
-		return r;
-	if (r == 0) {
-		found = 1;
+	if (activated) {
+		snprintf(path, sizeof(path), "%s/.activated", dir);
+		r = parse_object(activated, path, &act, err);
+		if (r < 0)
+			return r;
 		k = str(act, "api-key");
 		s = str(act, "secret-key");
 		if (!k || !s || !nbe_href_is(k, "credential")) {
@@ -194,31 +206,69 @@ static int from_legacy(const char *dir, struct nbe_nuvlaedge_identity *id, struc
 			return nbe_error_set(err, -ENOMEM, "out of memory");
 		snprintf(id->source, sizeof(id->source), "%s", path);
 	}
-	return found ? 0 : -ENOENT;
+	return context || activated ? 0 : -ENOENT;
 }
 
-int nbe_nuvlaedge_read(const char *dir, struct nbe_nuvlaedge_identity *ret, struct nbe_error *err)
+/* Hands @id to @ret on success, else clears it. */
+static int finish(int r, struct nbe_nuvlaedge_identity *id, struct nbe_nuvlaedge_identity *ret)
+{
+	if (r < 0) {
+		nbe_nuvlaedge_identity_clear(id);
+		return r;
+	}
+	*ret = *id;
+	return 0;
+}
+
+int nbe_nuvlaedge_parse_session(const char *text, const char *path,
+				struct nbe_nuvlaedge_identity *ret, struct nbe_error *err)
 {
 	struct nbe_nuvlaedge_identity id = { .insecure = -1 };
-	char path[600];
 	cJSON *j = NULL;
-	int r;
+	int r = parse_object(text, path, &j, err);
 
-	r = read_json(dir, NBE_NUVLAEDGE_SESSION, &j, path, sizeof(path), err);
 	if (r == 0) {
 		snprintf(id.source, sizeof(id.source), "%s", path);
 		r = from_session(j, path, &id, err);
 		cJSON_Delete(j);
-	} else if (r == -ENOENT) {
-		r = from_legacy(dir, &id, err);
-		if (r == -ENOENT)
-			nbe_error_set(err, r, "%s: no NuvlaEdge session file (%s) nor .activated",
-				      dir, NBE_NUVLAEDGE_SESSION);
 	}
-	if (r < 0) {
-		nbe_nuvlaedge_identity_clear(&id);
+	return finish(r, &id, ret);
+}
+
+int nbe_nuvlaedge_parse_legacy(const char *context, const char *activated, const char *dir,
+			       struct nbe_nuvlaedge_identity *ret, struct nbe_error *err)
+{
+	struct nbe_nuvlaedge_identity id = { .insecure = -1 };
+
+	return finish(from_legacy(context, activated, dir, &id, err), &id, ret);
+}
+
+int nbe_nuvlaedge_read(const char *dir, struct nbe_nuvlaedge_identity *ret, struct nbe_error *err)
+{
+	char path[600], *text = NULL, *context = NULL, *activated = NULL;
+	size_t len = 0, clen = 0, alen = 0;
+	int r;
+
+	r = read_text(dir, NBE_NUVLAEDGE_SESSION, &text, &len, path, sizeof(path), err);
+	if (r == 0) {
+		r = nbe_nuvlaedge_parse_session(text, path, ret, err);
+		free_text(text, len);
 		return r;
 	}
-	*ret = id;
-	return 0;
+	if (r != -ENOENT)
+		return r;
+	r = read_text(dir, ".context", &context, &clen, path, sizeof(path), err);
+	if (r < 0 && r != -ENOENT)
+		return r;
+	r = read_text(dir, ".activated", &activated, &alen, path, sizeof(path), err);
+	if (r < 0 && r != -ENOENT)
+		goto out;
+	r = nbe_nuvlaedge_parse_legacy(context, activated, dir, ret, err);
+	if (r == -ENOENT)
+		nbe_error_set(err, r, "%s: no NuvlaEdge session file (%s) nor .activated", dir,
+			      NBE_NUVLAEDGE_SESSION);
+out:
+	free_text(context, clen);
+	free_text(activated, alen);
+	return r;
 }

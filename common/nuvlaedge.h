@@ -34,4 +34,18 @@ void nbe_nuvlaedge_identity_clear(struct nbe_nuvlaedge_identity *id);
  */
 int nbe_nuvlaedge_read(const char *dir, struct nbe_nuvlaedge_identity *ret, struct nbe_error *err);
 
+/*
+ * The parsing of nbe_nuvlaedge_read(), without the files: @text is the
+ * content of nuvlaedge_session.json, named @path in messages. Same returns.
+ */
+int nbe_nuvlaedge_parse_session(const char *text, const char *path,
+				struct nbe_nuvlaedge_identity *ret, struct nbe_error *err);
+
+/*
+ * The legacy files of @dir (named in messages): the content of .context and
+ * of .activated, each NULL when the file is absent. -ENOENT when both are.
+ */
+int nbe_nuvlaedge_parse_legacy(const char *context, const char *activated, const char *dir,
+			       struct nbe_nuvlaedge_identity *ret, struct nbe_error *err);
+
 #endif

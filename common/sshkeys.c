@@ -140,3 +140,32 @@ int nbe_sshkey_parse_line(const char *line, size_t len, struct nbe_sshkey *ret)
 	*ret = k;
 	return 1;
 }
+
+int nbe_sshkeys_parse(const char *text, size_t len, struct nbe_sshkey *keys, size_t max,
+		      size_t *ret_n)
+{
+	const char *p = text, *end = text + len;
+	size_t n = 0;
+
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		size_t line_len = nl ? (size_t)(nl - p) : (size_t)(end - p);
+		struct nbe_sshkey k;
+		bool dup = false;
+		int r;
+
+		/* sshd reads a line as a C string: a NUL ends it */
+		r = nbe_sshkey_parse_line(p, strnlen(p, line_len), &k);
+		p += line_len + (nl ? 1 : 0);
+		if (r == -ENOMEM)
+			return r;
+		if (r != 1)
+			continue; /* sshd ignores what it cannot read */
+		for (size_t i = 0; i < n && !dup; i++)
+			dup = strcmp(keys[i].fingerprint, k.fingerprint) == 0;
+		if (!dup && n < max)
+			keys[n++] = k;
+	}
+	*ret_n = n;
+	return 0;
+}

@@ -29,4 +29,12 @@ bool nbe_sshkey_type_known(const char *type, size_t len);
  */
 int nbe_sshkey_parse_line(const char *line, size_t len, struct nbe_sshkey *ret);
 
+/*
+ * Parses the @len bytes of an authorized_keys file into @keys (at most @max,
+ * in file order; a key already seen, by fingerprint, is not repeated; lines
+ * sshd would ignore are skipped). *ret_n is the count. Returns 0 or -ENOMEM.
+ */
+int nbe_sshkeys_parse(const char *text, size_t len, struct nbe_sshkey *keys, size_t max,
+		      size_t *ret_n);
+
 #endif

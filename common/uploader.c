@@ -7,7 +7,6 @@
 #include "random.h"
 #include "wire.h"
 
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -148,8 +147,7 @@ static int read_nuvlabox(struct nbe_uploader *up, bool *relogged, struct nbe_upl
 			 struct nbe_error *err)
 {
 	struct nbe_http_response r = { 0 };
-	char path[160];
-	cJSON *doc, *owner, *state;
+	char path[160], *owner = NULL;
 	int rc;
 
 	if (!up->owner) {
@@ -175,20 +173,15 @@ static int read_nuvlabox(struct nbe_uploader *up, bool *relogged, struct nbe_upl
 		break;
 	}
 	if (r.cls == NBE_HTTP_OK) {
-		doc = cJSON_Parse(r.body ? r.body : "");
-		owner = cJSON_GetObjectItemCaseSensitive(doc, "owner");
-		state = cJSON_GetObjectItemCaseSensitive(doc, "state");
-		if (cJSON_IsString(state) && strlen(state->valuestring) < sizeof(up->state))
-			snprintf(up->state, sizeof(up->state), "%s", state->valuestring);
-		if (!up->owner && cJSON_IsString(owner) &&
-		    nbe_principal_valid(owner->valuestring)) {
-			up->owner = nbe_strdup(owner->valuestring);
-			if (!up->owner)
-				rc = nbe_error_set(err, -ENOMEM, "out of memory");
-			else
-				rc = nbe_buffer_meta_set(up->o.buf, "owner", up->owner, err);
+		rc = nbe_nuvla_parse_nuvlabox(r.body, up->state, sizeof(up->state), &owner);
+		if (rc < 0) {
+			rc = nbe_error_set(err, rc, "out of memory");
+		} else if (!up->owner && owner) {
+			up->owner = owner;
+			owner = NULL;
+			rc = nbe_buffer_meta_set(up->o.buf, "owner", up->owner, err);
 		}
-		cJSON_Delete(doc);
+		nbe_free(owner);
 		up->need_doc = false;
 	} else if (r.cls == NBE_HTTP_NUVLA_ERROR && r.status >= 400 && r.status < 500) {
 		up->need_doc = false; /* not allowed to read it: events carry no owner */
@@ -231,9 +224,10 @@ static int lookup(struct nbe_uploader *up, struct nbe_event *evs, size_t n, bool
 	char filter[LOOKUP_MAX * 64], enc[LOOKUP_MAX * 64 * 3 + 1], *path;
 	struct nbe_http_response r = { 0 };
 	struct nbe_ack acks[LOOKUP_MAX];
+	char tags[LOOKUP_MAX][sizeof("device-event/") + NBE_UUID_LEN];
+	const char *tagp[LOOKUP_MAX];
 	char *ids[LOOKUP_MAX] = { 0 };
 	size_t off = 0, nacks = 0;
-	cJSON *doc, *list, *it;
 	int rc;
 
 	for (size_t i = 0; i < n; i++)
@@ -268,45 +262,29 @@ static int lookup(struct nbe_uploader *up, struct nbe_event *evs, size_t n, bool
 		nbe_http_response_clear(&r);
 		return 0;
 	}
-	doc = cJSON_Parse(r.body ? r.body : "");
-	list = cJSON_GetObjectItemCaseSensitive(doc, "resources");
-	if (!cJSON_IsArray(list)) {
+	for (size_t i = 0; i < n; i++) {
+		snprintf(tags[i], sizeof(tags[i]), "device-event/%s", evs[i].id);
+		tagp[i] = tags[i];
+	}
+	rc = nbe_nuvla_parse_search(r.body, tagp, n, ids);
+	nbe_http_response_clear(&r);
+	if (rc == -ENOMEM)
+		return nbe_error_set(err, rc, "out of memory");
+	if (rc < 0) {
 		set_fail(res, NBE_FAIL_RETRYABLE, "looking up in-doubt events: unexpected answer");
-		cJSON_Delete(doc);
-		nbe_http_response_clear(&r);
 		return 0;
 	}
 	for (size_t i = 0; i < n; i++) {
-		char tag[sizeof("device-event/") + NBE_UUID_LEN];
-		bool found = false;
-		snprintf(tag, sizeof(tag), "device-event/%s", evs[i].id);
 		looked[i] = true;
-		cJSON_ArrayForEach(it, list)
-		{
-			cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id"), *t;
-			bool match = false;
-			cJSON_ArrayForEach(t, cJSON_GetObjectItemCaseSensitive(it, "tags"))
-			{
-				if (cJSON_IsString(t) && strcmp(t->valuestring, tag) == 0)
-					match = true;
-			}
-			if (match && cJSON_IsString(id) && nbe_href_is(id->valuestring, "event")) {
-				ids[nacks] = nbe_strdup(id->valuestring);
-				if (!ids[nacks]) {
-					rc = nbe_error_set(err, -ENOMEM, "out of memory");
-					goto out;
-				}
-				acks[nacks].seq = evs[i].seq;
-				acks[nacks].server_id = ids[nacks];
-				acks[nacks].wire = evs[i].wire; /* kept when it went in doubt */
-				nacks++;
-				found = true;
-				break;
-			}
-		}
-		/* not on the server after its refresh delay: it may be sent again */
-		if (!found && (rc = nbe_buffer_clear_doubt(up->o.buf, evs[i].seq, err)) < 0)
+		if (ids[i]) {
+			acks[nacks].seq = evs[i].seq;
+			acks[nacks].server_id = ids[i];
+			acks[nacks].wire = evs[i].wire; /* kept when it went in doubt */
+			nacks++;
+		} else if ((rc = nbe_buffer_clear_doubt(up->o.buf, evs[i].seq, err)) < 0) {
+			/* not on the server after its refresh delay: it may be sent again */
 			goto out;
+		}
 	}
 	if (nacks) {
 		rc = nbe_buffer_mark_sent(up->o.buf, acks, nacks, err);
@@ -314,10 +292,8 @@ static int lookup(struct nbe_uploader *up, struct nbe_event *evs, size_t n, bool
 			res->found += (int64_t)nacks;
 	}
 out:
-	for (size_t i = 0; i < nacks; i++)
+	for (size_t i = 0; i < n; i++)
 		nbe_free(ids[i]);
-	cJSON_Delete(doc);
-	nbe_http_response_clear(&r);
 	return rc;
 }
 

@@ -5,6 +5,7 @@
  */
 #include "testutil.h"
 
+#include "alloc.h"
 #include "json.h"
 #include "sshkeys.h"
 
@@ -99,13 +100,45 @@ static void test_types(void **state)
 	assert_false(nbe_sshkey_type_known("", 0));
 }
 
+static void test_file(void **state)
+{
+	static const char text[] = "# keys\n"
+				   "ssh-ed25519 " ED " first\r\n"
+				   "\n"
+				   "garbage\n"
+				   "ssh-ed25519 " ED " same key again\n"
+				   "ssh-rsa " ED " cut\0 by a NUL\n"
+				   "ecdsa-sha2-nistp256 " EC; /* no final newline */
+	struct nbe_sshkey keys[4];
+	size_t n = 99;
+
+	(void)state;
+	assert_int_equal(nbe_sshkeys_parse(text, sizeof(text) - 1, keys, 4, &n), 0);
+	/* the line cut by a NUL is read up to it, as sshd does; the lines after
+	 * it are read too */
+	assert_int_equal(n, 2);
+	assert_string_equal(keys[0].fingerprint, ED_FP);
+	assert_string_equal(keys[0].comment, "first");
+	assert_string_equal(keys[1].fingerprint, EC_FP);
+	/* the cap */
+	assert_int_equal(nbe_sshkeys_parse(text, sizeof(text) - 1, keys, 1, &n), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(nbe_sshkeys_parse("", 0, keys, 4, &n), 0);
+	assert_int_equal(n, 0);
+	/* out of memory is an error, not a key that went away */
+	n = 99;
+	nbe_alloc_fail_at(1, 1);
+	assert_int_equal(nbe_sshkeys_parse(text, sizeof(text) - 1, keys, 4, &n), -ENOMEM);
+	nbe_alloc_fail_at(0, 0);
+	assert_int_equal(n, 99);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_plain_keys),
-		cmocka_unit_test(test_options),
-		cmocka_unit_test(test_not_keys),
-		cmocka_unit_test(test_types),
+		cmocka_unit_test(test_plain_keys), cmocka_unit_test(test_options),
+		cmocka_unit_test(test_not_keys),   cmocka_unit_test(test_types),
+		cmocka_unit_test(test_file),
 	};
 
 	nbe_json_install_hooks();
