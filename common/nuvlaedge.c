@@ -181,9 +181,11 @@ static int from_legacy(const char *context, const char *activated, const char *d
 			return r;
 		nb = str(ctx, "id");
 		if (nb && !(id->nuvlabox_id = nbe_nuvlabox_id_normalize(nb))) {
+			/* the message quotes @nb: made before @ctx goes */
+			r = nbe_error_set(err, -EINVAL, "%s: id '%.64s' is not a nuvlabox id", path,
+					  nb);
 			cJSON_Delete(ctx);
-			return nbe_error_set(err, -EINVAL, "%s: id '%.64s' is not a nuvlabox id",
-					     path, nb);
+			return r;
 		}
 		cJSON_Delete(ctx);
 		snprintf(id->source, sizeof(id->source), "%s", path);
