@@ -96,8 +96,11 @@ long nbe_nuvla_parse_error(const char *body, char *out, size_t out_size)
 		goto out;
 	status = cJSON_GetObjectItemCaseSensitive(j, "status");
 	msg = cJSON_GetObjectItemCaseSensitive(j, "message");
-	if (cJSON_IsNumber(status) && cJSON_IsString(msg)) {
-		s = (long)status->valuedouble;
+	/* an HTTP status: a whole number 100..599 (a cast of any other double
+	 * to long, 1e300 say, is undefined) */
+	if (cJSON_IsNumber(status) && cJSON_IsString(msg) && status->valuedouble >= 100 &&
+	    status->valuedouble <= 599 && status->valuedouble == (double)status->valueint) {
+		s = status->valueint;
 		snprintf(out, out_size, "%s", msg->valuestring);
 		/* one printable line: it goes into logs, status and sd_notify */
 		for (char *p = out; *p; p++) {

@@ -115,8 +115,9 @@ void nbe_nuvla_drop_session(struct nbe_nuvla *n);
 const char *nbe_nuvla_tls_library(void);
 
 /*
- * Parses a Nuvla error document: on success copies its message into @out
- * and returns its status; returns -1 when @body is not one.
+ * Parses a Nuvla error document ({"status":N,"message":"..."}, N a whole
+ * number 100..599): on success copies its message into @out (one printable
+ * line) and returns N; returns -1 when @body is not one.
  */
 long nbe_nuvla_parse_error(const char *body, char *out, size_t out_size);
 
