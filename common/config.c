@@ -119,6 +119,8 @@ static int normalize_endpoint(const char *v, char **ret)
 		return -EINVAL;
 	while (n > 0 && v[n - 1] == '/')
 		n--;
+	if (n == 0)
+		return -EINVAL; /* "/": no host */
 	if (strncmp(v, "https://", 8) == 0 || strncmp(v, "http://", 7) == 0) {
 		if (n <= (size_t)(v[4] == 's' ? 8 : 7))
 			return -EINVAL;

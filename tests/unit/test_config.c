@@ -176,6 +176,8 @@ static void test_file_errors(void **state)
 		{ "insecure = perhaps\n", "f.conf:1: insecure: 'perhaps' is not true or false" },
 		{ "endpoint = ftp://x\n", "f.conf:1: endpoint" },
 		{ "endpoint = https://\n", "f.conf:1: endpoint" },
+		{ "endpoint = /\n", "f.conf:1: endpoint" }, /* no host (found by fuzzing) */
+		{ "endpoint = ///\n", "f.conf:1: endpoint" },
 		{ "nuvlabox_id = 42\n", "f.conf:1: nuvlabox_id" },
 		{ "api_key = key\n", "f.conf:1: api_key" },
 		{ "log_level = loud\n", "f.conf:1: log_level" },
