@@ -2,9 +2,10 @@
  * Harness: what the agent reads in Nuvla's (or a gateway's) answers: the
  * status and error body of every answer (nbe_nuvla_classify_answer(),
  * nbe_nuvla_parse_error()), Retry-After headers, the create answer's
- * resource id, the nuvlabox document (state, owner) and the search answer
- * of an in-doubt lookup. A session (login) answer is classified like any
- * other; its cookie is libcurl's business.
+ * resource id, the nuvlabox document (state, owner), the search answer
+ * of an in-doubt lookup and the activate answer (the credential). A session
+ * (login) answer is classified like any other; its cookie is libcurl's
+ * business.
  *
  * The input is an HTTP/1.1 answer as it comes off the wire, without the
  * transfer encoding: a status line, header lines, an empty line, the body.
@@ -13,6 +14,7 @@
 #include "fuzz.h"
 
 #include "alloc.h"
+#include "credential.h"
 #include "ids.h"
 #include "nuvla.h"
 
@@ -40,6 +42,24 @@ static long status_of(const char *line, size_t n)
 	for (int digits = 0; i < n && line[i] >= '0' && line[i] <= '9' && digits < 3; i++, digits++)
 		s = s * 10 + (line[i] - '0');
 	return s;
+}
+
+/* The activate answer: the credential whose secret is shown only once. */
+static void check_credential(const char *body, size_t len, bool oom)
+{
+	struct nbe_credential c;
+	struct nbe_error err = { { 0 } };
+	int r = nbe_credential_parse(body, len, &c, &err);
+
+	FUZZ_CHECK(r == 0 || r == -EBADMSG || (r == -ENOMEM && oom));
+	if (r < 0) {
+		FUZZ_CHECK(err.msg[0] != '\0');
+		return;
+	}
+	FUZZ_CHECK(nbe_href_is(c.api_key, "credential"));
+	FUZZ_CHECK(c.api_secret && c.api_secret[0] && fuzz_printable(c.api_secret));
+	FUZZ_CHECK(!c.nuvlabox_id || nbe_href_is(c.nuvlabox_id, "nuvlabox"));
+	nbe_credential_clear(&c);
 }
 
 static void check_body_parsers(const char *body, bool oom)
@@ -108,6 +128,7 @@ static void one(const uint8_t *data, size_t size, bool oom)
 	nbe_http_response_clear(&r);
 
 	check_body_parsers(body, oom);
+	check_credential(body, (size_t)(end - p), oom);
 	free(body);
 }
 
