@@ -71,7 +71,8 @@ int nbe_authkeys_edit(const char *text, size_t len, const char *key, bool add, c
 		const char *nl = memchr(p, '\n', (size_t)(end - p));
 		size_t llen = nl ? (size_t)(nl - p) : (size_t)(end - p);
 		size_t with_nl = nl ? llen + 1 : llen;
-		int k = nbe_sshkey_parse_line(p, llen, &have);
+		/* sshd reads a line as a C string: a NUL ends it */
+		int k = nbe_sshkey_parse_line(p, strnlen(p, llen), &have);
 
 		if (k == -ENOMEM) {
 			r = k;

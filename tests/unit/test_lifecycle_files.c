@@ -202,6 +202,30 @@ static void test_authkeys_edit(void **state)
 	edit_ok(ED "\n", SK " yubi@test", true, ED "\n" SK " yubi@test\n", true);
 	edit_ok(ED "\n" SK "\n", SK, false, ED "\n", true);
 	{
+		/* sshd reads a line up to a NUL (found by fuzzing): a key followed
+		 * by a NUL is still its key and is revoked; a line that holds the
+		 * key only beyond a NUL is not the key, which is then added */
+		static const char revoke[] = ED "\0x\n", add[] = "n\"\0\" " ED "\n";
+		struct nbe_error err = { { 0 } };
+		bool changed;
+		size_t olen;
+		char *out;
+
+		assert_int_equal(nbe_authkeys_edit(revoke, sizeof(revoke) - 1, ED, false, &out,
+						   &olen, &changed, &err),
+				 0);
+		assert_true(changed);
+		assert_int_equal(olen, 0);
+		nbe_free(out);
+		assert_int_equal(nbe_authkeys_edit(add, sizeof(add) - 1, ED, true, &out, &olen,
+						   &changed, &err),
+				 0);
+		assert_true(changed);
+		assert_int_equal(olen, sizeof(add) - 1 + strlen(ED) + 1);
+		assert_memory_equal(out + sizeof(add) - 1, ED "\n", strlen(ED) + 1);
+		nbe_free(out);
+	}
+	{
 		struct nbe_sshkey k;
 		struct nbe_error err = { { 0 } };
 		assert_int_equal(nbe_authkeys_check_key(SK " yubi@test", &k, &err), 0);
