@@ -22,6 +22,16 @@
 /* In-doubt events looked up in one search. */
 #define LOOKUP_MAX 20
 #define MAX_SLOTS  64
+/*
+ * Acknowledgements are committed this many at a time (one write transaction
+ * per batch instead of one per answer), and at least this often. Until then
+ * the events are still pending in the buffer, but at or below the durable
+ * in-flight mark: a crash in between leads to lookups, never to duplicates.
+ */
+#define ACK_BATCH      64
+#define ACK_MAX_AGE_MS 200
+/* reap() leaves fewer than ACK_BATCH, then up to MAX_SLOTS answers come */
+#define ACK_CAP (ACK_BATCH + MAX_SLOTS)
 
 struct slot {
 	bool used, done;
@@ -43,6 +53,11 @@ struct nbe_uploader {
 	unsigned failures; /* consecutive failed rounds, for the backoff */
 	struct slot slots[MAX_SLOTS];
 	int in_flight;
+	/* answered but not yet committed: server ids and bodies owned here */
+	struct nbe_ack acks[ACK_CAP];
+	char *ack_owned[2 * ACK_CAP];
+	size_t nacks;
+	int64_t acks_since_ms; /* monotonic time of the oldest of them */
 };
 
 const char *nbe_upload_state_for(enum nbe_upload_fail f)
@@ -392,13 +407,13 @@ out:
 }
 
 /*
- * Handles the answer to one POST. Acknowledgements are collected in @acks
- * (the slot's server id and body move there); failures are recorded on the
- * event and in @res. Sets *need_login on a 403.
+ * Handles the answer to one POST. Acknowledgements are collected in the
+ * uploader's list (the slot's server id and body move there) for
+ * flush_acks(); failures are recorded on the event and in @res. Sets
+ * *need_login on a 403.
  */
-static int handle(struct nbe_uploader *up, struct slot *s, struct nbe_ack *acks, size_t *nacks,
-		  char **owned, bool *need_login, struct nbe_upload_result *res,
-		  struct nbe_error *err)
+static int handle(struct nbe_uploader *up, struct slot *s, bool *need_login,
+		  struct nbe_upload_result *res, struct nbe_error *err)
 {
 	struct nbe_http_response *r = &s->resp;
 	int64_t next = nbe_clock_wall_ms() + up->o.lookup_delay_ms;
@@ -411,13 +426,15 @@ static int handle(struct nbe_uploader *up, struct slot *s, struct nbe_ack *acks,
 	case NBE_HTTP_OK: {
 		char *id = nbe_nuvla_resource_id(r->body);
 		if (r->status == 201 && id && nbe_href_is(id, "event")) {
-			acks[*nacks].seq = s->seq;
-			acks[*nacks].server_id = id;
-			acks[*nacks].wire = s->wire;
-			owned[2 * *nacks] = id;
-			owned[2 * *nacks + 1] = s->wire;
+			size_t n = up->nacks++;
+			if (n == 0)
+				up->acks_since_ms = nbe_clock_monotonic_ms();
+			up->acks[n].seq = s->seq;
+			up->acks[n].server_id = id;
+			up->acks[n].wire = s->wire;
+			up->ack_owned[2 * n] = id;
+			up->ack_owned[2 * n + 1] = s->wire;
 			s->wire = NULL;
-			(*nacks)++;
 			return 0;
 		}
 		nbe_free(id);
@@ -481,19 +498,48 @@ static int handle(struct nbe_uploader *up, struct slot *s, struct nbe_ack *acks,
 				     in_doubt ? s->wire : NULL, err);
 }
 
-/* Processes finished requests in seq order of completion. */
+/*
+ * Commits the acknowledgements collected so far in one transaction and
+ * empties the list, whatever the outcome: when the commit fails, the
+ * in-flight mark still covers those events, and the next round looks them
+ * up (the caller makes it recover) instead of sending them again.
+ */
+static int flush_acks(struct nbe_uploader *up, nbe_upload_progress_fn fn, void *userdata,
+		      struct nbe_upload_result *res, struct nbe_error *err)
+{
+	size_t n = up->nacks;
+	int rc = 0;
+
+	if (n == 0)
+		return 0;
+	rc = nbe_buffer_mark_sent(up->o.buf, up->acks, n, err);
+	for (size_t i = 0; i < 2 * n; i++) {
+		nbe_free(up->ack_owned[i]);
+		up->ack_owned[i] = NULL;
+	}
+	up->nacks = 0;
+	if (rc < 0)
+		return rc;
+	res->sent += (int64_t)n;
+	if (fn)
+		fn(userdata, res->sent + res->found, res->dead);
+	return 0;
+}
+
+/*
+ * Processes finished requests. Their acknowledgements are committed once
+ * ACK_BATCH have gathered or the oldest is ACK_MAX_AGE_MS old (flush_acks()
+ * also runs before the queue is refilled, before a child waits for its
+ * parent, and at the end of a round).
+ */
 static int reap(struct nbe_uploader *up, bool *need_login, nbe_upload_progress_fn fn,
 		void *userdata, struct nbe_upload_result *res, struct nbe_error *err)
 {
-	struct nbe_ack acks[MAX_SLOTS];
-	char *owned[2 * MAX_SLOTS];
-	size_t nacks = 0;
 	int64_t dead_before = res->dead;
 	int rc = 0;
 
-	/* every finished request is handled and every acknowledgement
-	 * committed, even after a local error on one of them: an answer
-	 * dropped here would be sent again */
+	/* every finished request is handled, even after a local error on one
+	 * of them: an answer dropped here would be sent again */
 	for (int i = 0; i < MAX_SLOTS; i++) {
 		struct slot *s = &up->slots[i];
 		struct nbe_error e = { { 0 } };
@@ -501,7 +547,7 @@ static int reap(struct nbe_uploader *up, bool *need_login, nbe_upload_progress_f
 
 		if (!s->used || !s->done)
 			continue;
-		r = handle(up, s, acks, &nacks, owned, need_login, res, &e);
+		r = handle(up, s, need_login, res, &e);
 		if (r < 0 && rc == 0) {
 			rc = r;
 			if (err)
@@ -513,20 +559,18 @@ static int reap(struct nbe_uploader *up, bool *need_login, nbe_upload_progress_f
 		s->used = false;
 		up->in_flight--;
 	}
-	if (nacks) {
+	if (up->nacks >= ACK_BATCH ||
+	    (up->nacks && nbe_clock_monotonic_ms() - up->acks_since_ms >= ACK_MAX_AGE_MS) ||
+	    (rc < 0 && up->nacks)) {
 		struct nbe_error e = { { 0 } };
-		int r = nbe_buffer_mark_sent(up->o.buf, acks, nacks, &e);
-		if (r == 0)
-			res->sent += (int64_t)nacks;
-		else if (rc == 0) {
+		int r = flush_acks(up, fn, userdata, res, &e);
+		if (r < 0 && rc == 0) {
 			rc = r;
 			if (err)
 				*err = e;
 		}
 	}
-	for (size_t i = 0; i < 2 * nacks; i++)
-		nbe_free(owned[i]);
-	if (rc == 0 && fn && (nacks || res->dead != dead_before))
+	if (rc == 0 && fn && res->dead != dead_before)
 		fn(userdata, res->sent + res->found, res->dead);
 	return rc;
 }
@@ -643,6 +687,10 @@ static int round_inner(struct nbe_uploader *up, int64_t deadline_ms, nbe_upload_
 			for (size_t i = 0; i < qn; i++)
 				nbe_event_clear(&q[i]);
 			qn = qi = 0;
+			/* what is read as pending must be: commit the answers first */
+			rc = flush_acks(up, fn, userdata, res, err);
+			if (rc < 0)
+				break;
 			rc = nbe_buffer_pending(up->o.buf, after, QUEUE_MAX, q, &qn, err);
 			if (rc < 0)
 				break;
@@ -675,6 +723,15 @@ static int round_inner(struct nbe_uploader *up, int64_t deadline_ms, nbe_upload_
 			rc = dispatch(up, ev, &wait, res, err);
 			if (rc < 0)
 				goto out;
+			if (wait && up->nacks > 0) {
+				/* its parent (or the one it falls back to) may be
+				 * answered but not committed: commit, then again */
+				rc = flush_acks(up, fn, userdata, res, err);
+				if (rc < 0)
+					goto out;
+				wait = false;
+				continue;
+			}
 			if (wait) {
 				if (!slot_in_flight(up, ev->parent_seq) && up->in_flight == 0) {
 					/* the parent is neither in flight nor sent: it failed
@@ -720,13 +777,13 @@ static int round_inner(struct nbe_uploader *up, int64_t deadline_ms, nbe_upload_
 		if (rc < 0)
 			break;
 		{
-			int64_t before = res->sent + res->dead;
+			int64_t before = res->sent + (int64_t)up->nacks + res->dead;
 			rc = reap(up, &need_login, fn, userdata, res, err);
 			if (rc < 0)
 				break;
 			/* an answer after the new login: the credentials work, so a later
 			 * 403 (the session expired again) earns another login */
-			if (res->sent + res->dead > before && !need_login)
+			if (res->sent + (int64_t)up->nacks + res->dead > before && !need_login)
 				relogged = false;
 		}
 		if (need_login || res->fail != NBE_FAIL_NONE)
@@ -734,6 +791,9 @@ static int round_inner(struct nbe_uploader *up, int64_t deadline_ms, nbe_upload_
 	}
 out:
 	if (rc == -EINTR) {
+		/* the answers in hand are kept (else each costs a lookup) */
+		struct nbe_error e2;
+		flush_acks(up, fn, userdata, res, &e2);
 		for (size_t i = 0; i < qn; i++)
 			nbe_event_clear(&q[i]);
 		return rc; /* the caller abandons what is in flight */
@@ -747,6 +807,17 @@ out:
 	}
 	for (size_t i = 0; i < qn; i++)
 		nbe_event_clear(&q[i]);
+	{
+		/* the end of a round: every answer committed before the mark
+		 * goes back to 0 (a failed commit keeps the mark: lookups) */
+		struct nbe_error e2 = { { 0 } };
+		int r = flush_acks(up, fn, userdata, res, &e2);
+		if (r < 0 && rc == 0) {
+			rc = r;
+			if (err)
+				*err = e2;
+		}
+	}
 	if (rc == 0 && up->in_flight == 0 && up->mark != 0) {
 		/* nothing in flight: a restart needs no lookups */
 		rc = nbe_buffer_set_inflight_mark(up->o.buf, 0, err);
@@ -826,6 +897,8 @@ void nbe_uploader_free(struct nbe_uploader *up)
 		nbe_free(up->slots[i].wire);
 		nbe_http_response_clear(&up->slots[i].resp);
 	}
+	for (size_t i = 0; i < 2 * up->nacks; i++)
+		nbe_free(up->ack_owned[i]);
 	nbe_free(up->nuvlabox_id);
 	nbe_free(up->api_key);
 	if (up->api_secret) {

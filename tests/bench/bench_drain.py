@@ -25,8 +25,12 @@ of the process spawned (`nuvlabox-event` execs `nuvlabox-event-net` in the same
 process, so its rusage is the uploader's); RSS is also sampled from
 /proc/PID/status every 50 ms to split it into anonymous and file-backed pages.
 
+  base-1/8 with --base CLI: the same flushes by another build (the one before
+           a change), inside the same curl brackets, in alternating order: a
+           before/after comparison from one run
+
 usage: bench_drain.py [-n EVENTS] [-N CURL_REQUESTS] [-r RUNS] [-d DIR] [-c CLI]
-                      [-B BACKLOG_PROGRAM] [-o curl1,agent1,curl8,agent8]
+                      [--base CLI] [-B BACKLOG_PROGRAM] [-o curl1,agent1,curl8,agent8]
                       [--set KEY=VALUE]... [-k]
 """
 
@@ -190,13 +194,13 @@ class Measured:
 
 # ---------------------------------------------------------------- the bench
 
-def snapshot(cli, backlog, workdir):
+def snapshot(cli, backlog, workdir, sub="bin"):
     """Copies the programs into @workdir/bin and returns the copies (cli,
     backlog): a rebuild of the tree while a long run goes on must not change
     the programs in the middle of it. `nuvlabox-event` runs the
     `nuvlabox-event-net` beside it, so both go (and the daemon)."""
     import hashlib
-    bindir = os.path.join(workdir, "bin")
+    bindir = os.path.join(workdir, sub)
     os.makedirs(bindir, exist_ok=True)
     src = os.path.dirname(os.path.abspath(cli))
     desc = []
@@ -264,10 +268,10 @@ class Bench:
             raise RuntimeError("bench_backlog: %s" % p.stderr.strip())
         return dict(kv.split("=", 1) for kv in p.stdout.split()[1:])
 
-    def flush(self, conf, smaps_at=None):
+    def flush(self, conf, smaps_at=None, cli=None):
         out = os.path.join(os.path.dirname(conf), "flush.out")
         with open(out, "w") as fo:
-            m = Measured([self.a.cli, "--config", conf, "flush", "--timeout", "3600"], fo,
+            m = Measured([cli or self.a.cli, "--config", conf, "flush", "--timeout", "3600"], fo,
                          subprocess.STDOUT, env=self.clean_env(), smaps_at=smaps_at)
         with open(out) as f:
             text = f.read()
@@ -360,14 +364,24 @@ class Bench:
     def pair(self, run, inflight):
         half = max(1, self.a.curl_requests // 2)
         c1 = self.curl(half, inflight if inflight > 1 else 0) if self.want("curl", inflight) else None
-        a = None
+        a = base = None
         if self.want("agent", inflight):
-            conf = self.fresh_state("run%d-agent%d" % (run, inflight), inflight)
-            a = self.flush(conf, smaps_at=1.0)
-            if a.sent != self.a.events or a.pending:
-                raise RuntimeError("agent-%d: %d sent, %d pending" % (inflight, a.sent, a.pending))
+            order = ["agent", "base"] if self.a.base else ["agent"]
+            if run % 2 == 0:
+                order.reverse()
+            for who in order:
+                conf = self.fresh_state("run%d-%s%d" % (run, who, inflight), inflight)
+                m = self.flush(conf, smaps_at=1.0,
+                               cli=self.a.base if who == "base" else None)
+                if m.sent != self.a.events or m.pending:
+                    raise RuntimeError("%s-%d: %d sent, %d pending"
+                                       % (who, inflight, m.sent, m.pending))
+                if who == "base":
+                    base = m
+                else:
+                    a = m
         c2 = self.curl(half, inflight if inflight > 1 else 0) if self.want("curl", inflight) else None
-        return c1, a, c2
+        return c1, a, c2, base
 
     def want(self, what, inflight):
         return "%s%d" % (what, inflight) in self.a.only
@@ -392,8 +406,8 @@ def fmt(v, spec="%.0f", none="-"):
 
 
 def report_run(b, run, res):
-    c1a, a1, c1b = res[1]
-    c8a, a8, c8b = res[8]
+    c1a, a1, c1b, b1 = res[1]
+    c8a, a8, c8b, b8 = res[8]
     r_c1, r_c8 = curl_rate(c1a, c1b), curl_rate(c8a, c8b)
     r_a1 = a1.sent / a1.wall if a1 else None
     r_a8 = a8.sent / a8.wall if a8 else None
@@ -427,10 +441,12 @@ def report_run(b, run, res):
           "second half; anon/file: RssAnon/RssFile)")
     crow("curl-1", c1a, c1b)
     arow("agent-1", a1, r_c1, "curl-1 (target >= 60%)")
+    arow("base-1", b1, r_c1, "curl-1")
     crow("curl-8", c8a, c8b)
     arow("agent-8", a8, r_c8, "curl-8; %s x agent-1 (target >= 2)" % fmt(
         r_a8 / r_a1 if r_a1 and r_a8 else None, "%.2f"))
-    for name, a in (("agent-1", a1), ("agent-8", a8)):
+    arow("base-8", b8, r_c8, "curl-8")
+    for name, a in (("agent-1", a1), ("agent-8", a8), ("base-1", b1), ("base-8", b8)):
         if a and a.smaps:
             r = a.rollup
             print("%s after 1 s: Rss %d KiB = anon %d + file %d; Pss %d KiB (anon %d, file %d)"
@@ -443,7 +459,11 @@ def report_run(b, run, res):
             "rss8": a8.maxrss_kib / 1024 if a8 else None,
             "cpu1": a1.cpu * 1e6 / a1.sent if a1 else None,
             "cpu8": a8.cpu * 1e6 / a8.sent if a8 else None,
-            "ccpu1": (c1a.cpu + c1b.cpu) * 1e6 / (c1a.n + c1b.n) if c1a else None}
+            "ccpu1": (c1a.cpu + c1b.cpu) * 1e6 / (c1a.n + c1b.n) if c1a else None,
+            "base1": b1.sent / b1.wall if b1 else None,
+            "base8": b8.sent / b8.wall if b8 else None,
+            "brss1": b1.maxrss_kib / 1024 if b1 else None,
+            "brss8": b8.maxrss_kib / 1024 if b8 else None}
 
 
 def summary(rows):
@@ -480,6 +500,17 @@ def summary(rows):
         ("**agent peak RSS, 1 / 8** (target <= 8 MB)",
          [fmt(r["rss1"], "%.1f") + " / " + fmt(r["rss8"], "%.1f") + " MB" for r in rows], ""),
     ]
+    if any(r["base1"] or r["base8"] for r in rows):
+        lines += [
+            ("base-1 (--base build), ev/s", col("base1"), ""),
+            ("base-1 / curl-1", ratio("base1", "curl1"), ""),
+            ("**agent-1 / base-1**", ratio("agent1", "base1", 1, "%.2f"), ""),
+            ("base-8, ev/s", col("base8"), ""),
+            ("**agent-8 / base-8**", ratio("agent8", "base8", 1, "%.2f"), ""),
+            ("base peak RSS, 1 / 8",
+             [fmt(r["brss1"], "%.1f") + " / " + fmt(r["brss8"], "%.1f") + " MB" for r in rows],
+             ""),
+        ]
     for name, vals, sp in lines:
         print("| %s | %s | %s |" % (name, " | ".join(vals), sp))
 
@@ -495,6 +526,7 @@ def main():
     ap.add_argument("-d", "--dir", help="where to work (default: the build directory; "
                                         "not tmpfs)")
     ap.add_argument("-c", "--cli", default=CLI, help="nuvlabox-event (default %(default)s)")
+    ap.add_argument("--base", help="another nuvlabox-event build to compare, in the same run")
     ap.add_argument("-B", "--backlog", default=BACKLOG, help="bench_backlog (default %(default)s)")
     ap.add_argument("-o", "--only", default="curl1,agent1,curl8,agent8",
                     help="tests, comma-separated (default: all)")
@@ -504,12 +536,14 @@ def main():
     a = ap.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
     a.only = set(a.only.split(","))
-    for p in (a.cli, a.backlog, CURL):
+    for p in (a.cli, a.backlog, CURL) + ((a.base,) if a.base else ()):
         if not os.access(p, os.X_OK):
             ap.error("%s: not found or not executable (build first)" % p)
 
     b = Bench(a)
     a.cli, a.backlog = snapshot(a.cli, a.backlog, b.dir)
+    if a.base:
+        a.base, _ = snapshot(a.base, a.backlog, b.dir, "bin-base")
     ft = fs_type(b.dir)
     print("bench_drain: dir %s (file system %s)" % (b.dir, ft))
     if ft in ("tmpfs", "ramfs"):
