@@ -104,6 +104,8 @@ struct daemon {
 	bool fail_buffer;  /* the last round failed on the buffer itself (disk) */
 	struct jobpull *jobs;
 	int wake_fds[2];
+	bool net_joined; /* listening to rtnetlink (FD_NET) */
+	bool net_failed; /* joining failed once: said so */
 };
 
 static const char *env_get(const char *name)
@@ -329,6 +331,7 @@ static void do_round(struct daemon *d)
 			timerfd_settime(d->fds[FD_STATECHECK].fd, 0, &its, NULL);
 		}
 		nbe_buffer_checkpoint(d->buf, NULL); /* the WAL cannot grow without bound */
+		nbe_alloc_trim(); /* idle: the heap of a drain goes back to the kernel */
 		save_state(d, "idle", 0);
 		count_round(d);
 		sd(d, "STATUS=idle, %" PRId64 " events sent since start", d->sent_total);
@@ -575,6 +578,29 @@ static void read_net(struct daemon *d)
 		d->next_attempt = soon;
 		arm_timer(d, soon - now);
 	}
+}
+
+/*
+ * Listens to rtnetlink only during a round (a change in the middle of a
+ * failing one is not missed) and during a backoff after a failure no server
+ * answered: that is all read_net() acts on, and an idle daemon must not be
+ * woken by a host's interface churn (containers, VPNs, Wi-Fi).
+ */
+static void watch_net(struct daemon *d, bool on)
+{
+	int r;
+
+	if (d->fds[FD_NET].fd < 0 || d->net_joined == on)
+		return;
+	r = nbe_netwatch_listen(d->fds[FD_NET].fd, on);
+	if (r < 0) {
+		if (!d->net_failed)
+			log_warning("netlink: %s; network changes will not cut backoffs short",
+				    strerror(-r));
+		d->net_failed = true;
+		return;
+	}
+	d->net_joined = on;
 }
 
 /* Names the keys whose values differ, for the reload log line. */
@@ -930,10 +956,13 @@ static void loop(struct daemon *d)
 		int n;
 
 		if (d->work && d->next_attempt <= now) {
+			watch_net(d, true);
 			do_round(d);
 			/* look at the fds without waiting before the next slice */
 			n = poll(d->fds, FD_COUNT, 0);
 		} else {
+			watch_net(d, d->work && d->next_attempt > now && d->fail != NBE_FAIL_NONE &&
+					     d->fail_network);
 			/* nothing to do until an fd fires: no timeout, no wakeups */
 			n = poll(d->fds, FD_COUNT, -1);
 		}

@@ -25,6 +25,8 @@
 /* Bounds of the WAL share of max_bytes. */
 #define WAL_RESERVE_MIN (32 * 1024)
 #define WAL_RESERVE_MAX (4 * 1024 * 1024)
+/* SQLite's page cache per connection, KiB (SQLite's default: 2000). */
+#define CACHE_KIB 512
 /* How far salvage jumps over unreadable rows before giving up. */
 #define SALVAGE_MAX_JUMPS 64
 
@@ -534,6 +536,12 @@ static int open_db(struct nbe_buffer *b, bool *ret_created, bool check_header,
 		 "PRAGMA journal_size_limit = %" PRId64 "; PRAGMA wal_autocheckpoint = %" PRId64
 		 ";",
 		 wal_reserve, wal_reserve / b->page_size / 2);
+	r = exec(b, sql, err);
+	if (r < 0)
+		return r;
+	/* SQLite's default page cache is 2 MiB, most of a long-lived holder's
+	 * heap; the uploader reads rowid ranges and the kernel caches the file */
+	snprintf(sql, sizeof(sql), "PRAGMA cache_size = -%d", CACHE_KIB);
 	r = exec(b, sql, err);
 	if (r < 0)
 		return r;
@@ -1296,7 +1304,10 @@ int nbe_buffer_checkpoint(struct nbe_buffer *b, struct nbe_error *err)
 
 	if (rc != SQLITE_OK && rc != SQLITE_BUSY)
 		return db_error(b, rc, err, "checkpoint");
-	return exec(b, "PRAGMA incremental_vacuum", err);
+	rc = exec(b, "PRAGMA incremental_vacuum", err);
+	/* a holder going idle gives its page cache back (it refills on use) */
+	sqlite3_db_release_memory(b->db);
+	return rc;
 }
 
 int nbe_buffer_purge(struct nbe_buffer *b, bool include_pending, int64_t *ret_removed,
@@ -1726,9 +1737,9 @@ int nbe_buffer_find_open_detail(struct nbe_buffer *b, const char *name, const ch
 int nbe_buffer_setting(struct nbe_buffer *b, const char *name, int64_t *ret, struct nbe_error *err)
 {
 	static const char *const allowed[] = {
-		"synchronous",	      "secure_delete",	    "auto_vacuum",
-		"journal_size_limit", "wal_autocheckpoint", "application_id",
-		"user_version",	      "page_size",	    "busy_timeout",
+		"synchronous",	      "secure_delete",	"auto_vacuum",	"journal_size_limit",
+		"wal_autocheckpoint", "application_id", "user_version", "page_size",
+		"busy_timeout",	      "cache_size",
 	};
 	char sql[64];
 

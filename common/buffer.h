@@ -137,7 +137,8 @@ int nbe_buffer_stats(struct nbe_buffer *b, struct nbe_buffer_stats *ret, struct 
 int nbe_buffer_purge(struct nbe_buffer *b, bool include_pending, int64_t *ret_removed,
 		     struct nbe_error *err);
 
-/* Checkpoints the WAL (truncating it) and runs an incremental vacuum. */
+/* Checkpoints the WAL (truncating it), runs an incremental vacuum and gives
+ * the connection's page cache back (sqlite3_db_release_memory()). */
 int nbe_buffer_checkpoint(struct nbe_buffer *b, struct nbe_error *err);
 
 /* Meta key/value store (owner cache, upload state, last error, ...).
@@ -167,7 +168,8 @@ int nbe_buffer_resolve_parent(struct nbe_buffer *b, const struct nbe_event *ev, 
  * Reads a storage setting of this connection (DESIGN §9): one of
  * journal_mode (1 = wal), synchronous, secure_delete, auto_vacuum,
  * journal_size_limit, wal_autocheckpoint, application_id, user_version,
- * page_size, busy_timeout. Returns 0 or -EINVAL for another name.
+ * page_size, busy_timeout, cache_size (negative: KiB). Returns 0 or
+ * -EINVAL for another name.
  */
 int nbe_buffer_setting(struct nbe_buffer *b, const char *name, int64_t *ret, struct nbe_error *err);
 

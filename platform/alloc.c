@@ -2,6 +2,9 @@
 
 #include <stdlib.h>
 #include <string.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 static unsigned long alloc_count;
 static unsigned long alloc_fail_n;
@@ -85,4 +88,11 @@ char *nbe_strndup(const char *s, size_t n)
 char *nbe_strdup(const char *s)
 {
 	return s ? nbe_strndup(s, strlen(s)) : NULL;
+}
+
+void nbe_alloc_trim(void)
+{
+#ifdef __GLIBC__
+	malloc_trim(0);
+#endif
 }

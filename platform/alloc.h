@@ -33,4 +33,11 @@ unsigned long nbe_alloc_failures(void);
  */
 unsigned long nbe_alloc_fail_at(unsigned long n, int persistent);
 
+/*
+ * Gives the C library's free heap memory back to the kernel (glibc's
+ * malloc_trim(); a no-op elsewhere). For a long-lived process going idle
+ * after a burst: freed memory otherwise stays resident at its peak.
+ */
+void nbe_alloc_trim(void);
+
 #endif

@@ -9,21 +9,53 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+static const int groups[] = {
+	RTNLGRP_LINK,	    RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR,
+	RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE,
+};
+
 int nbe_netwatch_open(void)
 {
-	struct sockaddr_nl sa = { .nl_family = AF_NETLINK };
+	struct sockaddr_nl sa = { .nl_family = AF_NETLINK }; /* no groups yet */
 	int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_ROUTE);
 
 	if (fd < 0)
 		return -errno;
-	sa.nl_groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE |
-		       RTMGRP_IPV6_ROUTE;
 	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
 		int e = -errno;
 		close(fd);
 		return e;
 	}
 	return fd;
+}
+
+int nbe_netwatch_listen(int fd, bool on)
+{
+	int opt = on ? NETLINK_ADD_MEMBERSHIP : NETLINK_DROP_MEMBERSHIP;
+	size_t n = sizeof(groups) / sizeof(groups[0]);
+	char buf[4096];
+
+	for (size_t i = 0; i < n; i++) {
+		if (setsockopt(fd, SOL_NETLINK, opt, &groups[i], sizeof(groups[i])) != 0) {
+			int e = -errno;
+			if (on) {
+				while (i-- > 0)
+					setsockopt(fd, SOL_NETLINK, NETLINK_DROP_MEMBERSHIP,
+						   &groups[i], sizeof(groups[i]));
+			}
+			return e;
+		}
+	}
+	if (!on) {
+		/* what arrived while joined is of no use any more */
+		for (;;) {
+			ssize_t r = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+			if (r > 0 || (r < 0 && (errno == EINTR || errno == ENOBUFS)))
+				continue;
+			break;
+		}
+	}
+	return 0;
 }
 
 int nbe_netwatch_read(int fd)

@@ -9,9 +9,18 @@
 
 #include <stdbool.h>
 
-/* Opens a non-blocking netlink socket subscribed to link, address and route
- * changes. Returns the fd or -errno. */
+/* Opens a non-blocking rtnetlink socket, not yet listening (see
+ * nbe_netwatch_listen()). Returns the fd or -errno. */
 int nbe_netwatch_open(void);
+
+/*
+ * Joins (@on) or leaves the link, address and route groups. Leaving also
+ * discards what is queued, so nothing wakes the caller afterwards: a host
+ * whose interfaces change all the time (containers, VPNs) must not wake an
+ * idle daemon. Returns 0 or -errno (when joining, the groups joined so far
+ * are left again).
+ */
+int nbe_netwatch_listen(int fd, bool on);
 
 /* Reads everything pending on @fd. Returns 1 when a message says the
  * network may be up again, 0 when not, -errno on failure. */

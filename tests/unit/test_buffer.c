@@ -101,7 +101,9 @@ static void test_settings(void **state)
 	assert_true(v > 0 && v <= 4 * 1024 * 1024);
 	assert_int_equal(nbe_buffer_setting(b, "busy_timeout", &v, &err), 0);
 	assert_int_equal(v, 2000);
-	assert_int_equal(nbe_buffer_setting(b, "cache_size", &v, &err), -EINVAL);
+	assert_int_equal(nbe_buffer_setting(b, "cache_size", &v, &err), 0);
+	assert_int_equal(v, -512); /* KiB: a small page cache for the daemon */
+	assert_int_equal(nbe_buffer_setting(b, "mmap_size", &v, &err), -EINVAL);
 	nbe_buffer_close(b);
 
 	/* -wal and -shm take the database file's mode */
