@@ -1601,8 +1601,14 @@ int nbe_buffer_mark_sent(struct nbe_buffer *b, const struct nbe_ack *acks, size_
 		}
 	}
 	if (r == 0) {
-		sqlite3_bind_int64(b->st[ST_PRUNE_SENT], 1, b->opts.keep_sent);
-		r = step_done(b, b->st[ST_PRUNE_SENT], err, "pruning sent events");
+		/* prune in steps of keep_sent/16 (the walk over keep_sent index
+		 * entries is most of a small commit's work), not at every commit */
+		int64_t counts[3];
+		r = read_counts(b, counts, err);
+		if (r == 0 && counts[NBE_STATE_SENT] > b->opts.keep_sent + b->opts.keep_sent / 16) {
+			sqlite3_bind_int64(b->st[ST_PRUNE_SENT], 1, b->opts.keep_sent);
+			r = step_done(b, b->st[ST_PRUNE_SENT], err, "pruning sent events");
+		}
 	}
 	if (r == 0)
 		r = trim_sent(b, err);

@@ -205,8 +205,10 @@ struct nbe_ack {
 	const char *wire;      /* the body that was posted, or NULL when unknown */
 };
 
-/* Marks @n events sent in one transaction (without an fsync, see above) and
- * drops sent events beyond keep_sent, oldest first. */
+/* Marks @n events sent in one transaction (without an fsync, see above) and,
+ * once more than keep_sent + keep_sent/16 are sent, drops the oldest sent
+ * events down to keep_sent (in steps: not a walk over keep_sent entries at
+ * every commit). */
 int nbe_buffer_mark_sent(struct nbe_buffer *b, const struct nbe_ack *acks, size_t n,
 			 struct nbe_error *err);
 

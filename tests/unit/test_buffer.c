@@ -987,7 +987,6 @@ static void test_keep_sent(void **state)
 	o.keep_sent = 3;
 	o.boot_id_file = boot;
 	assert_int_equal(nbe_buffer_open(&o, &b, NULL, &err), 0);
-	free(boot);
 	for (int i = 0; i < 8; i++) {
 		int64_t seq = tu_append(b, "x", NULL, NULL, NULL, NULL);
 		struct nbe_ack a = { seq, sid, NULL };
@@ -1003,6 +1002,32 @@ static void test_keep_sent(void **state)
 		nbe_event_clear(&ev);
 	}
 	nbe_buffer_close(b);
+
+	/* keep 64: pruned in steps of 4, never below 64, never above 68 */
+	o.keep_sent = 64;
+	assert_int_equal(nbe_buffer_open(&o, &b, NULL, &err), 0);
+	bool stepped = false;
+	for (int i = 8; i < 200; i++) {
+		int64_t seq = tu_append(b, "x", NULL, NULL, NULL, NULL);
+		struct nbe_ack a = { seq, sid, NULL };
+		snprintf(sid, sizeof(sid), "event/s%d", i);
+		assert_int_equal(nbe_buffer_mark_sent(b, &a, 1, &err), 0);
+		assert_int_equal(nbe_buffer_stats(b, &st, &err), 0);
+		assert_true(st.sent <= 68);
+		/* 3 were kept above */
+		assert_true(st.sent >= (i - 4 < 64 ? i - 4 : 64));
+		stepped = stepped || st.sent > 64;
+	}
+	assert_true(stepped); /* not pruned at every commit */
+	{
+		/* the newest 64 are always there; the oldest go first */
+		struct nbe_event ev = { 0 };
+		get_ok(b, "event/s136", &ev);
+		nbe_event_clear(&ev);
+		assert_int_equal(nbe_buffer_get(b, "event/s100", &ev, &err), -ENOENT);
+	}
+	nbe_buffer_close(b);
+	free(boot);
 }
 
 /* Review findings: children keep a pruned parent's server id; stored bodies
