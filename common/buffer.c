@@ -322,15 +322,13 @@ static int query_int(struct nbe_buffer *b, const char *sql, int64_t *ret, struct
 	if (rc != SQLITE_OK)
 		return db_error(b, rc, err, sql);
 	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		*ret = sqlite3_column_int64(st, 0);
-		rc = SQLITE_OK;
-	} else if (rc == SQLITE_DONE) {
-		*ret = 0;
-		rc = SQLITE_OK;
+	if (rc == SQLITE_ROW || rc == SQLITE_DONE) {
+		*ret = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+		sqlite3_finalize(st);
+		return 0;
 	}
 	sqlite3_finalize(st);
-	return rc == SQLITE_OK ? 0 : db_error(b, rc, err, sql);
+	return db_error(b, rc, err, sql);
 }
 
 static int step_int(struct nbe_buffer *b, sqlite3_stmt *st, int64_t *ret, struct nbe_error *err)
@@ -1405,7 +1403,6 @@ int nbe_buffer_resolve_parent(struct nbe_buffer *b, const struct nbe_event *ev, 
 		if (rc == SQLITE_DONE) {
 			/* evicted or purged: its fallback was saved at capture */
 			sqlite3_reset(st);
-			seq = 0;
 			break;
 		}
 		if (rc != SQLITE_ROW) {
@@ -2042,7 +2039,8 @@ void nbe_buffer_close(struct nbe_buffer *b)
 	 * it is past its share of the cap, fold it in and truncate it (another
 	 * process using the buffer makes this a no-op: BUSY, ignored).
 	 */
-	if (b->db && b->wal_reserve > 0 && file_size_of(b->wal_path) > close_wal_limit(b))
+	if (b->db && b->wal_path && b->wal_reserve > 0 &&
+	    file_size_of(b->wal_path) > close_wal_limit(b))
 		sqlite3_wal_checkpoint_v2(b->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
 	close_db(b);
 	nbe_free(b->path);
