@@ -3,7 +3,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 
-int nbe_error_set(struct nbe_error *err, int ret, const char *fmt, ...)
+/* (the name in parentheses: error.h defines a macro of it for the analyzer) */
+int(nbe_error_set)(struct nbe_error *err, int ret, const char *fmt, ...)
 {
 	va_list ap;
 

@@ -18,4 +18,10 @@ struct nbe_error {
 int nbe_error_set(struct nbe_error *err, int ret, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
+#ifdef __clang_analyzer__
+/* The analyzer does not look into variadic calls: tell it the result is @ret
+ * (or it reports out-values of failed calls as uninitialised). */
+#define nbe_error_set(err, ret, ...) (nbe_error_set((err), (ret), __VA_ARGS__), (ret))
+#endif
+
 #endif
