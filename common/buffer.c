@@ -1222,7 +1222,6 @@ int nbe_buffer_foreach(struct nbe_buffer *b, unsigned state_mask, int64_t limit,
 {
 	sqlite3_stmt *st = b->st[ST_FOREACH];
 	int64_t last = 0, seen = 0;
-	int r = 0;
 
 	/* pages of rows, so no read transaction stays open across callbacks */
 	for (;;) {
@@ -1238,8 +1237,8 @@ int nbe_buffer_foreach(struct nbe_buffer *b, unsigned state_mask, int64_t limit,
 		sqlite3_bind_int64(st, 3, page);
 		while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 			struct nbe_event ev = { 0 };
+			int r = row_to_event(st, &ev);
 
-			r = row_to_event(st, &ev);
 			if (r < 0) {
 				sqlite3_reset(st);
 				return nbe_error_set(err, r, "out of memory");
