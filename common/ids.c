@@ -109,6 +109,7 @@ char *nbe_nuvlabox_id_normalize(const char *s)
 	ret = nbe_malloc(9 + NBE_UUID_LEN + 1);
 	if (!ret)
 		return NULL;
+	/* NOLINTNEXTLINE(bugprone-not-null-terminated-result): the loop copies the NUL */
 	memcpy(ret, "nuvlabox/", 9);
 	for (size_t i = 0; i <= NBE_UUID_LEN; i++)
 		ret[9 + i] = (char)tolower((unsigned char)uuid[i]);

@@ -17,7 +17,8 @@ bool nbe_utf8_valid(const char *str, size_t len, size_t *ret_offset)
 		if (c < 0x80) {
 			i++;
 			continue;
-		} else if ((c & 0xE0) == 0xC0) {
+		}
+		if ((c & 0xE0) == 0xC0) {
 			n = 1;
 			cp = c & 0x1F;
 			min = 0x80;

@@ -247,6 +247,7 @@ char *nbe_path_join(const char *dir, const char *name)
 	p = nbe_malloc(dl + 1 + nl + 1);
 	if (!p)
 		return NULL;
+	/* NOLINTNEXTLINE(bugprone-not-null-terminated-result): the name's copy brings the NUL */
 	memcpy(p, dir, dl);
 	p[dl] = '/';
 	memcpy(p + dl + 1, name, nl + 1);
@@ -266,9 +267,7 @@ int nbe_chown_like_parent(int fd, const char *path)
 		    : nbe_strdup(".");
 	if (!dir)
 		return -ENOMEM;
-	if (stat(dir, &st) != 0)
-		r = -errno;
-	else if (fchown(fd, st.st_uid, st.st_gid) != 0)
+	if (stat(dir, &st) != 0 || fchown(fd, st.st_uid, st.st_gid) != 0)
 		r = -errno;
 	nbe_free(dir);
 	return r;
