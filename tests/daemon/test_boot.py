@@ -42,6 +42,25 @@ class BootTest(DaemonBase):
     def reboot_events(self):
         return [e for e in self.events() if e["name"].startswith("nuvlabox.reboot.")]
 
+    def test_log_prefixes_only_on_the_journal_stream_named(self):
+        # JOURNAL_STREAM is "<device>:<inode>" of the journal's stream: the
+        # daemon writes <N> priority prefixes only when it is its own stderr
+        def first_log_line(journal_stream):
+            path = os.path.join(self.dir, f"daemon{len(self.procs)}.log")
+            open(path, "w").close()
+            st = os.stat(path)
+            value = journal_stream.format(dev=st.st_dev, ino=st.st_ino)
+            self.stop_daemon(self.start_daemon(env_extra={"JOURNAL_STREAM": value}))
+            with open(path) as f:
+                lines = f.read().splitlines()
+            self.assertTrue(lines, "the daemon logged nothing")
+            return lines[0]
+
+        self.assertRegex(first_log_line("{dev}:{ino}"), r"^<[0-7]>")
+        for other in ("{dev}:{ino}1", "{dev}1:{ino}", "{dev}:", ":{ino}", "{dev};{ino}",
+                      "{dev}:{ino}:", "{dev}:99999999999999999999999", ""):
+            self.assertRegex(first_log_line(other), r"^nuvlabox-eventd: ", other)
+
     def test_first_start_records_nothing_and_restarts_record_once(self):
         self.run_daemon_once()
         self.assertEqual(self.reboot_events(), [])
