@@ -137,8 +137,9 @@ static void check_files(struct cli *c, struct doctor *d)
 		struct tm tm;
 		time_t t = (time_t)ci.not_after;
 
-		gmtime_r(&t, &tm);
-		strftime(until, sizeof(until), "%Y-%m-%dT%H:%M:%SZ", &tm);
+		if (!gmtime_r(&t, &tm) ||
+		    strftime(until, sizeof(until), "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+			snprintf(until, sizeof(until), "@%lld", (long long)t); /* out of range */
 		/* a warning only: the device clock may be the one that is wrong */
 		if (now > ci.not_after)
 			line(d, "warn", "client cert", "%s expired on %s (by this device's clock)",
@@ -163,7 +164,7 @@ static int check_network(struct cli *c, struct doctor *d)
 {
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res = NULL, *ai;
 	char host[256], port[16], addr[NI_MAXHOST];
-	int r, fd = -1;
+	int r;
 
 	if (split_endpoint(c->cfg.endpoint, host, sizeof(host), port, sizeof(port)) < 0) {
 		line(d, "FAIL", "dns", "cannot read a host out of %s", c->cfg.endpoint);
@@ -174,15 +175,16 @@ static int check_network(struct cli *c, struct doctor *d)
 		line(d, "FAIL", "dns", "%s: %s", host, gai_strerror(r));
 		return -EHOSTUNREACH;
 	}
-	getnameinfo(res->ai_addr, res->ai_addrlen, addr, sizeof(addr), NULL, 0, NI_NUMERICHOST);
+	if (getnameinfo(res->ai_addr, res->ai_addrlen, addr, sizeof(addr), NULL, 0,
+			NI_NUMERICHOST) != 0)
+		snprintf(addr, sizeof(addr), "?");
 	line(d, "ok", "dns", "%s is %s", host, addr);
 	r = -ECONNREFUSED;
 	for (ai = res; ai; ai = ai->ai_next) {
 		struct pollfd pfd;
 		int soerr = 0;
 		socklen_t len = sizeof(soerr);
-
-		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+		int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 		if (fd < 0)
 			continue;
 		if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0 && errno != EINPROGRESS) {
@@ -194,8 +196,9 @@ static int check_network(struct cli *c, struct doctor *d)
 		pfd.events = POLLOUT;
 		if (poll(&pfd, 1, (int)c->cfg.connect_timeout_ms) == 1 &&
 		    getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 && soerr == 0) {
-			getnameinfo(ai->ai_addr, ai->ai_addrlen, addr, sizeof(addr), NULL, 0,
-				    NI_NUMERICHOST);
+			if (getnameinfo(ai->ai_addr, ai->ai_addrlen, addr, sizeof(addr), NULL, 0,
+					NI_NUMERICHOST) != 0)
+				snprintf(addr, sizeof(addr), "?");
 			close(fd);
 			freeaddrinfo(res);
 			line(d, "ok", "tcp", "connected to %s port %s", addr, port);

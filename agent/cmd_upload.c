@@ -52,7 +52,7 @@ static void show_progress(void *userdata, int64_t sent, int64_t dead)
 	fill = done >= p->total ? width : done * width / p->total;
 	fprintf(stderr, "\r[%.*s%*s] %" PRId64 "/%" PRId64 " sent", (int)fill,
 		"##############################", (int)(width - fill), "", done, p->total);
-	fflush(stderr);
+	(void)fflush(stderr); /* a progress bar: a lost update is redrawn by the next */
 }
 
 /* The exit code of DESIGN §7 for the last failure. */

@@ -39,8 +39,10 @@ static char *reboot_details(const char *prev, int64_t boot_ms, int64_t alive_ms,
 	if (alive_ms > 0 && boot_ms >= alive_ms) {
 		/* after an orderly stop the downtime is known; after a power loss
 		 * only an upper bound: the last moment the agent saw the old boot */
+		int64_t down_s = (boot_ms - alive_ms) / 1000; /* whole seconds */
+
 		if (!cJSON_AddNumberToObject(d, clean ? "downtime-s" : "downtime-max-s",
-					     (double)((boot_ms - alive_ms) / 1000)))
+					     (double)down_s))
 			goto out;
 	}
 	text = cJSON_PrintUnformatted(d);

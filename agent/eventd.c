@@ -472,7 +472,7 @@ static void check_decommission(struct daemon *d, const struct nbe_upload_result 
 /* Whether @uid is a member of the daemon's group by a supplementary group. */
 static bool in_our_group(uid_t uid)
 {
-	struct passwd *pw = getpwuid(uid);
+	struct passwd *pw = getpwuid(uid); // cppcheck-suppress getpwuidCalled ; single-threaded
 	gid_t groups[64];
 	int n = 64;
 
@@ -748,6 +748,7 @@ static bool stop_pending(void)
 static int take_lock(struct daemon *d)
 {
 	char *path = nbe_path_join(d->cfg.state_dir, NBE_UPLOAD_LOCK);
+	const struct timespec retry = { LOCK_RETRY_MS / 1000, LOCK_RETRY_MS % 1000 * 1000000L };
 	bool said = false;
 	int r;
 
@@ -760,7 +761,7 @@ static int take_lock(struct daemon *d)
 		if (!said)
 			log_notice("%s is held by another uploader (a flush?); waiting", path);
 		said = true;
-		usleep(LOCK_RETRY_MS * 1000);
+		nanosleep(&retry, NULL); /* not usleep(): POSIX caps it below 1 s */
 		if (stop_pending()) {
 			/* the signal fd is not read yet: a stop must not wait for a
 			 * flush that may run for minutes */
@@ -823,8 +824,10 @@ static int setup(struct daemon *d)
 	sigaddset(&mask, SIGTERM);
 	sigaddset(&mask, SIGINT);
 	sigaddset(&mask, SIGHUP);
-	sigprocmask(SIG_BLOCK, &mask, NULL);
-	signal(SIGPIPE, SIG_IGN);
+	if (sigprocmask(SIG_BLOCK, &mask, NULL) != 0 || signal(SIGPIPE, SIG_IGN) == SIG_ERR) {
+		log_error("signals: %s", strerror(errno));
+		return EX_OSERR;
+	}
 	d->fds[FD_SIGNAL].fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
 	d->fds[FD_STATECHECK].fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
 	d->fds[FD_TIMER].fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
