@@ -310,7 +310,7 @@ int main(int argc, char **argv)
 {
 	struct cli c = { .prog = "nuvlabox-event", .config_path = NBE_CONFIG_FILE };
 	const struct command *cmd = NULL;
-	int i, r;
+	int i, r, flushed;
 
 	nbe_json_install_hooks();
 	/* the command is the first word that is neither an option nor the value
@@ -350,8 +350,11 @@ int main(int argc, char **argv)
 	r = cmd->run(&c, argc, argv);
 	if (r == CLI_HELP_SHOWN)
 		r = EX_OK;
-	if (fflush(stdout) != 0 && r == EX_OK) {
-		cli_err(&c, "writing the output: %s", strerror(errno));
+	/* a write that failed before the last buffer (ferror) fails the command too */
+	flushed = fflush(stdout);
+	if ((flushed != 0 || ferror(stdout)) && r == EX_OK) {
+		cli_err(&c, "writing the output: %s",
+			flushed != 0 ? strerror(errno) : "an earlier write failed");
 		r = EX_IOERR;
 	}
 	if (c.cfg_loaded)

@@ -844,6 +844,19 @@ class TestInspect(CliCase):
         p = self.ok("export", "--state", "dead")
         self.assertEqual(p.stdout, b"")
 
+    def test_output_write_error_fails(self):
+        # more than one stdio buffer of output: the first write fails, the
+        # final flush has nothing left to write, the command must still fail
+        for i in range(40):
+            self.record("big.ev", "--message", "x" * 2000, "--detail", "n=%d" % i)
+        for args in (("export",), ("list", "--json"), ("status",)):
+            with self.subTest(args=args), open("/dev/full", "wb") as full:
+                p = subprocess.run([CLI, "--config", str(self.config), "--state-dir",
+                                    str(self.state), *args], stdout=full,
+                                   stderr=subprocess.PIPE, env=self.env, timeout=30)
+                self.assertEqual(p.returncode, EX_IOERR, p.stderr)
+                self.assertIn(b"writing the output", p.stderr)
+
     def test_show_by_id_and_seq(self):
         events = self.seed()
         for ev in events:
