@@ -832,7 +832,7 @@ static int selfcheck(struct target *t)
 
 static int load_settings(struct settings *s)
 {
-	int64_t seed = -1, keep = 0, selfcheck = 1;
+	int64_t seed = -1, keep = 0, want_selfcheck = 1;
 	char bid[NBE_UUID_LEN + 1];
 	const char *base;
 	int r;
@@ -853,7 +853,7 @@ static int load_settings(struct settings *s)
 	    env_int("NBE_CRASH_ROTATE_AT", 1, MAX_ACKS, &s->rotate_at) < 0 ||
 	    env_int("NBE_CRASH_SEED", 0, INT64_MAX, &seed) < 0 ||
 	    env_int("NBE_CRASH_KEEP", 0, 1, &keep) < 0 ||
-	    env_int("NBE_CRASH_SELFCHECK", 0, 1, &selfcheck) < 0)
+	    env_int("NBE_CRASH_SELFCHECK", 0, 1, &want_selfcheck) < 0)
 		return -EINVAL;
 	if (seed < 0) {
 		uint64_t x;
@@ -864,7 +864,7 @@ static int load_settings(struct settings *s)
 	}
 	s->seed = (uint64_t)seed;
 	s->keep = keep;
-	s->selfcheck = selfcheck;
+	s->selfcheck = want_selfcheck;
 	s->cli = getenv("NBE_CLI");
 	if (s->cli && !*s->cli)
 		s->cli = NULL;

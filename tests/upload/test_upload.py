@@ -33,6 +33,8 @@ Environment knobs:
   NBE_UPLOAD_ORDER_EVENTS  events for it (default 200)
   NBE_UPLOAD_SEED          PRNG seed (printed on failure) to replay a run
   NBE_UPLOAD_KEEP=1        keep the work directory (harness logs, buffers)
+  NBE_TEST_WRAPPER         a command line put in front of the CLI where UploadCase.cli()
+                           starts it (all but the session-expiry and kill tests; CI: valgrind)
 
 Standard library only (Debian 12's python3). Run directly or through ctest:
     python3 tests/upload/test_upload.py [-v] [TestClass.test_name]
@@ -43,6 +45,7 @@ import datetime
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import socket
@@ -78,6 +81,7 @@ BAD_CERT = "The SSL certificate error"
 
 SEED = int(os.environ.get("NBE_UPLOAD_SEED") or random.SystemRandom().randrange(1 << 30))
 KEEP = os.environ.get("NBE_UPLOAD_KEEP") == "1"
+WRAPPER = shlex.split(os.environ.get("NBE_TEST_WRAPPER", ""))
 
 ENV = {}
 _H = None
@@ -218,7 +222,7 @@ class UploadCase(unittest.TestCase):
         return path
 
     def cli(self, *args, conf=None, timeout=120):
-        cmd = [CLI, "--config", str(conf or self.conf)] + list(args)
+        cmd = WRAPPER + [CLI, "--config", str(conf or self.conf)] + list(args)
         return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env,
                               timeout=timeout, universal_newlines=True)
 
