@@ -259,7 +259,9 @@ static void hand_over_credential(struct cli *c, const struct nbe_credential *cre
 		   "store it now (api_key, and the secret in a 0600 api_secret_file)");
 	printf("{\"nuvlabox-id\":\"%s\",\"api-key\":\"%s\",\"secret-key\":\"%s\"}\n",
 	       c->cfg.nuvlabox_id, cred->api_key, cred->api_secret);
-	fflush(stdout);
+	if (fflush(stdout) != 0 || ferror(stdout))
+		cli_err(c, "the credential could not be written to standard output either: %s",
+			strerror(errno));
 }
 
 /*
@@ -597,8 +599,8 @@ int cmd_commission(struct cli *c, int argc, char **argv)
 	struct nbe_http_response resp = { 0 };
 	struct life l = { 0 };
 	cJSON *doc = NULL;
-	char start[NBE_UUID_LEN + 1], msg[NBE_ERROR_MAX + 64], *keys = NULL, *details = NULL,
-							       *body = NULL;
+	char start[NBE_UUID_LEN + 1] = "", msg[NBE_ERROR_MAX + 64], *keys = NULL, *details = NULL,
+				  *body = NULL;
 	int r;
 
 	r = cli_parse(c, argc, argv, opts, commission_opt, NULL, &a);
@@ -762,7 +764,7 @@ static int run_command(const char *cmdline, char *why, size_t why_size)
 		snprintf(why, why_size, "reboot_command is empty");
 		return -EINVAL;
 	}
-	fflush(NULL);
+	(void)fflush(NULL); /* before fork(): the child must not repeat buffered output */
 	pid = fork();
 	if (pid < 0) {
 		int e = errno;

@@ -313,13 +313,14 @@ static void start_next(struct jobpull *jp)
 	argv[4] = (char *)(uintptr_t) "run";
 	argv[5] = jp->running;
 	argv[6] = NULL;
-	fflush(NULL);
+	(void)fflush(NULL); /* before fork(): the child must not repeat buffered output */
 	pid = fork();
 	if (pid == 0) {
 		/* the daemon blocks and ignores signals: the job must not */
 		sigemptyset(&none);
-		sigprocmask(SIG_SETMASK, &none, NULL);
-		signal(SIGPIPE, SIG_DFL);
+		if (sigprocmask(SIG_SETMASK, &none, NULL) != 0 ||
+		    signal(SIGPIPE, SIG_DFL) == SIG_ERR)
+			_exit(127);	/* as if it could not start */
 		close_range(3, ~0U, 0); /* libcurl's wakeup pairs are not CLOEXEC */
 		execv(helper, argv);
 		_exit(127);

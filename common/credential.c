@@ -33,7 +33,7 @@ static void delete_wiping(cJSON *doc)
 {
 	cJSON *s = doc ? cJSON_GetObjectItemCaseSensitive(doc, "secret-key") : NULL;
 
-	if (cJSON_IsString(s))
+	if (s && cJSON_IsString(s))
 		explicit_bzero(s->valuestring, strlen(s->valuestring));
 	cJSON_Delete(doc);
 }
