@@ -293,7 +293,6 @@ static int cmd_exec_net(struct cli *c, int argc, char **argv)
 	nbe_net_helper_path(path, sizeof(path));
 	/* argv without the command word (main removed it): put it back */
 	args[k++] = argv[0];
-	/* NOLINTNEXTLINE(performance-no-int-to-ptr): only drops const; execv() writes nothing */
 	args[k++] = (char *)(uintptr_t)c->command;
 	for (int i = 1; i < argc; i++)
 		args[k++] = argv[i];
