@@ -263,6 +263,7 @@ static void take_jobs(struct jobpull *jp, const char *body)
 	{
 		const char *id = cJSON_IsString(it) ? it->valuestring : NULL;
 		bool queued = false;
+		// cppcheck-suppress unsignedLessThanZero ; nqueue grows in the enclosing loop
 		for (unsigned i = 0; id && i < jp->nqueue; i++)
 			queued = queued || strcmp(jp->queue[i], id) == 0;
 		if (!id || !nbe_href_is(id, "job") || strlen(id) > NBE_HREF_MAX || seen(jp, id) ||

@@ -128,7 +128,9 @@ static int open_dir(const char *path, const char **ret_base, struct nbe_error *e
 				      : strerror(e));
 	nbe_free(dir);
 	*ret_base = slash + 1;
-	return dfd < 0 ? -e : dfd;
+	if (dfd < 0)
+		return -e;
+	return dfd;
 }
 
 int nbe_authkeys_update(const char *path, const char *key, bool add, bool *ret_changed,
