@@ -594,7 +594,7 @@ static int header_check(const char *path, const char *wal_path, struct nbe_error
  */
 static int migrate(struct nbe_buffer *b, struct nbe_error *err)
 {
-	int64_t version, app_id, tables;
+	int64_t version = 0, app_id = 0, tables = 0;
 	char sql[96];
 	int r;
 
@@ -1553,7 +1553,7 @@ static int set_sync(struct nbe_buffer *b, bool full, struct nbe_error *err)
 static int trim_sent(struct nbe_buffer *b, struct nbe_error *err)
 {
 	for (;;) {
-		int64_t pages, freelist, seq;
+		int64_t pages = 0, freelist = 0, seq;
 		int rc, r;
 
 		r = step_int(b, b->st[ST_PAGE_COUNT], &pages, err);

@@ -308,7 +308,8 @@ static void kill_others(void)
 				const char *rp = got > 0 ? strrchr(st, ')') : NULL;
 				if (!rp || rp[1] == '\0' || rp[2] == 'Z' || rp[2] == 'X')
 					break;
-				usleep(5000);
+				nanosleep(&(const struct timespec){ .tv_nsec = 5000000 },
+					  NULL); /* 5 ms */
 			}
 		}
 		l = *end ? end + 1 : end;
