@@ -15,6 +15,7 @@
 #include "event.h"
 #include "fsutil.h"
 #include "ids.h"
+#include "job.h"
 #include "json.h"
 #include "notify.h"
 #include "nuvla.h"
@@ -670,15 +671,8 @@ out:
 struct job {
 	const char *id; /* "job/<uuid>" */
 	char *api;	/* "/api/job/<uuid>" */
-	char action[64];
-	char state[16];
-	cJSON *doc;
+	struct nbe_job_doc doc;
 };
-
-static bool job_state_final(const char *s)
-{
-	return strcmp(s, "SUCCESS") == 0 || strcmp(s, "FAILED") == 0 || strcmp(s, "CANCELED") == 0;
-}
 
 /* job_finish(): the job was final already (canceled meanwhile). */
 #define JOB_WAS_FINAL (-2)
@@ -842,35 +836,6 @@ static int job_reboot(struct life *l, struct job *j)
 	return EX_OSERR;
 }
 
-/* The public key of an ssh-key job: the credential in get-context's answer
- * (the one among the job's affected resources first). NULL if none. */
-static const char *context_key(cJSON *ctx, cJSON *job, const char **ret_cred)
-{
-	cJSON *aff = cJSON_GetObjectItemCaseSensitive(job, "affected-resources"), *it;
-
-	cJSON_ArrayForEach(it, aff)
-	{
-		cJSON *href = cJSON_GetObjectItemCaseSensitive(it, "href");
-		cJSON *c = cJSON_IsString(href)
-				   ? cJSON_GetObjectItemCaseSensitive(ctx, href->valuestring)
-				   : NULL;
-		cJSON *pk = cJSON_GetObjectItemCaseSensitive(c, "public-key");
-		if (cJSON_IsString(pk)) {
-			*ret_cred = href->valuestring;
-			return pk->valuestring;
-		}
-	}
-	cJSON_ArrayForEach(it, ctx)
-	{
-		cJSON *pk = cJSON_GetObjectItemCaseSensitive(it, "public-key");
-		if (it->string && nbe_href_is(it->string, "credential") && cJSON_IsString(pk)) {
-			*ret_cred = it->string;
-			return pk->valuestring;
-		}
-	}
-	return NULL;
-}
-
 /*
  * The nuvlabox's ssh-keys with @cred added or removed, as a commission
  * body. NULL when out of memory or when the nuvlabox cannot be read (@resp
@@ -934,12 +899,12 @@ done:
 static int job_ssh_key(struct life *l, struct job *j, bool add)
 {
 	const char *op = add ? "nuvlabox.add-ssh-key" : "nuvlabox.revoke-ssh-key";
-	const char *file = l->c->cfg.authorized_keys[0], *cred = NULL, *key;
+	const char *file = l->c->cfg.authorized_keys[0];
+	char cred[NBE_HREF_MAX + 1] = "", *key = NULL;
 	struct nbe_http_response resp = { 0 };
 	struct nbe_event_input in = { 0 };
 	struct nbe_sshkey k;
 	struct nbe_error err = { { 0 } };
-	cJSON *ctx = NULL;
 	char *api = api_path(j->id, "get-context"), *details = NULL, *body = NULL, name[96],
 	     msg[JOB_STATUS_MSG_MAX];
 	bool changed = false;
@@ -957,9 +922,13 @@ static int job_ssh_key(struct life *l, struct job *j, bool add)
 			cli_err(l->c, "%s: get-context: %s", j->id, resp.message);
 		goto out;
 	}
-	ctx = nbe_json_parse_object(resp.body ? resp.body : "");
-	key = ctx ? context_key(ctx, j->doc, &cred) : NULL;
-	if (!key) {
+	r = nbe_job_context_key(resp.body ? resp.body : "", resp.body ? resp.body_len : 0, &j->doc,
+				cred, &key);
+	if (r == -ENOMEM) {
+		r = EX_OSERR;
+		goto out;
+	}
+	if (r < 0) {
 		r = job_fail(l, j, NULL, EX_DATAERR, "the job's context holds no public key");
 		goto out;
 	}
@@ -1025,7 +994,7 @@ static int job_ssh_key(struct life *l, struct job *j, bool add)
 		printf("%s: %s\n", j->id, msg);
 out:
 	nbe_http_response_clear(&resp);
-	cJSON_Delete(ctx);
+	nbe_free(key);
 	nbe_free(api);
 	nbe_free(details);
 	nbe_free(body);
@@ -1036,7 +1005,6 @@ out:
 static int job_fetch(struct life *l, struct job *j)
 {
 	struct nbe_http_response resp = { 0 };
-	cJSON *action, *state;
 	int r;
 
 	r = life_call(l, "GET", j->api, NULL, &resp);
@@ -1045,15 +1013,12 @@ static int job_fetch(struct life *l, struct job *j)
 		r = exit_for_response(&resp);
 	}
 	if (r == 0) {
-		j->doc = nbe_json_parse_object(resp.body ? resp.body : "");
-		action = cJSON_GetObjectItemCaseSensitive(j->doc, "action");
-		state = cJSON_GetObjectItemCaseSensitive(j->doc, "state");
-		if (!cJSON_IsString(action) || !cJSON_IsString(state)) {
-			cli_err(l->c, "%s: not a job document (no action or state)", j->id);
-			r = EX_UNAVAILABLE;
-		} else {
-			snprintf(j->action, sizeof(j->action), "%s", action->valuestring);
-			snprintf(j->state, sizeof(j->state), "%s", state->valuestring);
+		struct nbe_error err = { { 0 } };
+		int pr = nbe_job_parse(resp.body ? resp.body : "", resp.body ? resp.body_len : 0,
+				       &j->doc, &err);
+		if (pr < 0) {
+			cli_err(l->c, "%s: %s", j->id, err.msg);
+			r = pr == -ENOMEM ? EX_OSERR : EX_UNAVAILABLE;
 		}
 	}
 	nbe_http_response_clear(&resp);
@@ -1150,8 +1115,8 @@ int cmd_job(struct cli *c, int argc, char **argv)
 		r = job_fetch(&l, &j);
 	if (r)
 		goto out;
-	if (job_state_final(j.state)) {
-		printf("%s is %s already: not run\n", j.id, j.state);
+	if (nbe_job_state_final(j.doc.state)) {
+		printf("%s is %s already: not run\n", j.id, j.doc.state);
 		goto out;
 	}
 	r = job_start(&l, &j);
@@ -1161,17 +1126,16 @@ int cmd_job(struct cli *c, int argc, char **argv)
 	}
 	if (r)
 		goto out;
-	if (strcmp(j.action, "reboot_nuvlabox") == 0)
+	if (strcmp(j.doc.action, "reboot_nuvlabox") == 0)
 		r = job_reboot(&l, &j);
-	else if (strcmp(j.action, "nuvlabox_add_ssh_key") == 0)
+	else if (strcmp(j.doc.action, "nuvlabox_add_ssh_key") == 0)
 		r = job_ssh_key(&l, &j, true);
-	else if (strcmp(j.action, "nuvlabox_revoke_ssh_key") == 0)
+	else if (strcmp(j.doc.action, "nuvlabox_revoke_ssh_key") == 0)
 		r = job_ssh_key(&l, &j, false);
 	else
 		r = job_fail(&l, &j, NULL, EX_UNAVAILABLE,
-			     "action '%s' is not supported by this agent", j.action);
+			     "action '%s' is not supported by this agent", j.doc.action);
 out:
-	cJSON_Delete(j.doc);
 	nbe_free(j.api);
 	life_close(&l);
 	if (lock_fd >= 0)

@@ -3,6 +3,7 @@
 #include "alloc.h"
 #include "helper.h"
 #include "ids.h"
+#include "job.h"
 #include "json.h"
 #include "log.h"
 #include "upload_setup.h"
@@ -253,25 +254,18 @@ static int heartbeat(struct jobpull *jp, struct nbe_http_response *resp)
 }
 
 /* Queues the new job ids of a heartbeat answer, oldest first. */
-static void take_jobs(struct jobpull *jp, const char *body)
+static void take_jobs(struct jobpull *jp, const char *body, size_t len)
 {
-	cJSON *doc = nbe_json_parse_object(body ? body : ""), *jobs, *it;
+	char ids[QUEUE_MAX][NBE_HREF_MAX + 1];
+	unsigned n = 0;
 
-	jobs = cJSON_GetObjectItemCaseSensitive(doc, "jobs");
 	jp->nqueue = 0;
-	cJSON_ArrayForEach(it, jobs)
-	{
-		const char *id = cJSON_IsString(it) ? it->valuestring : NULL;
-		bool queued = false;
-		// cppcheck-suppress unsignedLessThanZero ; nqueue grows in the enclosing loop
-		for (unsigned i = 0; id && i < jp->nqueue; i++)
-			queued = queued || strcmp(jp->queue[i], id) == 0;
-		if (!id || !nbe_href_is(id, "job") || strlen(id) > NBE_HREF_MAX || seen(jp, id) ||
-		    queued || strcmp(id, jp->running) == 0 || jp->nqueue == QUEUE_MAX)
-			continue;
-		snprintf(jp->queue[jp->nqueue++], sizeof(jp->queue[0]), "%s", id);
+	if (nbe_heartbeat_jobs(body ? body : "", body ? len : 0, ids, QUEUE_MAX, &n) < 0)
+		return;
+	for (unsigned i = 0; i < n; i++) {
+		if (!seen(jp, ids[i]) && strcmp(ids[i], jp->running) != 0)
+			memcpy(jp->queue[jp->nqueue++], ids[i], sizeof(ids[i]));
 	}
-	cJSON_Delete(doc);
 }
 
 static int pidfd_of(pid_t pid)
@@ -358,7 +352,7 @@ void jobpull_tick(struct jobpull *jp)
 	if (jp->last_problem[0])
 		log_notice("jobs: heartbeats answered again");
 	jp->last_problem[0] = '\0';
-	take_jobs(jp, resp.body);
+	take_jobs(jp, resp.body, resp.body_len);
 	start_next(jp);
 out:
 	nbe_http_response_clear(&resp);
