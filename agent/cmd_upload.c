@@ -284,7 +284,9 @@ int cli_flush(struct cli *c, int64_t timeout_ms)
 		r = nbe_uploader_round(s.up, deadline, show_progress, &prog, &res, &err);
 		if (r < 0) {
 			cli_err(c, "%s", err.msg);
-			r = cli_exit_for_errno(r);
+			/* flush reads no input: -EINVAL here is the agent's own fault
+			 * (a request libcurl would not set up), not bad data */
+			r = r == -EINVAL ? EX_SOFTWARE : cli_exit_for_errno(r);
 			goto out;
 		}
 		sent += res.sent + res.found;

@@ -77,8 +77,8 @@ static int global_init(void)
 	if (curl_ready)
 		return 0;
 	/* curl's own allocations go through ours, so failure sweeps reach them */
-	if (curl_global_init_mem(CURL_GLOBAL_DEFAULT, nbe_malloc, nbe_free, nbe_realloc, nbe_strdup,
-				 nbe_calloc) != CURLE_OK)
+	if (curl_global_init_mem(CURL_GLOBAL_DEFAULT, nbe_lib_malloc, nbe_free, nbe_lib_realloc,
+				 nbe_lib_strdup, nbe_lib_calloc) != CURLE_OK)
 		return -ENOMEM;
 	curl_ready = true;
 	return 0;
@@ -504,7 +504,9 @@ static int setup_easy(struct nbe_nuvla *n, CURL *e)
 	SET(CURLOPT_SOCKOPTFUNCTION, on_sockopt);
 	SET(CURLOPT_USERAGENT, n->user_agent);
 #undef SET
-	return c == CURLE_OK ? 0 : -EINVAL;
+	if (c == CURLE_OK)
+		return 0;
+	return c == CURLE_OUT_OF_MEMORY ? -ENOMEM : -EINVAL;
 }
 
 int nbe_nuvla_start(struct nbe_nuvla *n, const char *method, const char *path, const char *body,
@@ -547,7 +549,8 @@ int nbe_nuvla_start(struct nbe_nuvla *n, const char *method, const char *path, c
 	}
 	r = setup_easy(n, t->easy);
 	if (r < 0) {
-		nbe_error_set(err, r, "setting up a request failed");
+		nbe_error_set(err, r, "setting up a request failed%s",
+			      r == -ENOMEM ? ": out of memory" : "");
 		goto err_free_set;
 	}
 #define SET(opt, val)                                                                              \

@@ -90,9 +90,79 @@ char *nbe_strdup(const char *s)
 	return s ? nbe_strndup(s, strlen(s)) : NULL;
 }
 
+/* Set by the sanitizer builds' environment hook (NBE_ALLOC_SPARE_LIBS). */
+static int spare_libs;
+
+void *nbe_lib_malloc(size_t size)
+{
+	if (!spare_libs)
+		return nbe_malloc(size);
+	alloc_count++;
+	return counted(malloc(size ? size : 1));
+}
+
+void *nbe_lib_calloc(size_t n, size_t size)
+{
+	if (!spare_libs)
+		return nbe_calloc(n, size);
+	alloc_count++;
+	return counted(calloc(n ? n : 1, size ? size : 1));
+}
+
+void *nbe_lib_realloc(void *p, size_t size)
+{
+	if (!spare_libs)
+		return nbe_realloc(p, size);
+	alloc_count++;
+	return counted(realloc(p, size ? size : 1));
+}
+
+char *nbe_lib_strdup(const char *s)
+{
+	char *d;
+
+	if (!spare_libs)
+		return nbe_strdup(s);
+	alloc_count++;
+	d = s ? strdup(s) : NULL;
+	return s ? counted(d) : NULL;
+}
+
 void nbe_alloc_trim(void)
 {
 #ifdef __GLIBC__
 	malloc_trim(0);
 #endif
 }
+
+#ifdef NBE_ALLOC_ENV_HOOK
+/*
+ * Sanitizer builds only (NBE_SANITIZE): the real programs take the test
+ * hook from the environment, so a sweep can make the N-th allocation of a
+ * whole `flush` fail (tests/fault/test_alloc.py). NBE_ALLOC_FAIL_AT=N
+ * (NBE_ALLOC_FAIL_PERSISTENT=1: and every later one); NBE_ALLOC_REPORT=1
+ * prints the number of allocations made at exit; NBE_ALLOC_SPARE_LIBS=1
+ * counts the allocations of the libraries given nbe_lib_*() but never
+ * fails them.
+ */
+#include <stdio.h>
+
+static int alloc_report;
+
+__attribute__((constructor)) static void alloc_env_hook(void)
+{
+	const char *n = getenv("NBE_ALLOC_FAIL_AT");
+
+	alloc_report = getenv("NBE_ALLOC_REPORT") != NULL;
+	spare_libs = getenv("NBE_ALLOC_SPARE_LIBS") != NULL;
+	if (n && *n)
+		nbe_alloc_fail_at(strtoul(n, NULL, 10),
+				  getenv("NBE_ALLOC_FAIL_PERSISTENT") != NULL);
+}
+
+__attribute__((destructor)) static void alloc_env_report(void)
+{
+	if (alloc_report)
+		fprintf(stderr, "nbe-alloc: %lu allocations\n", alloc_count);
+}
+#endif

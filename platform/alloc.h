@@ -17,6 +17,17 @@ void *nbe_realloc(void *p, size_t size);
 void nbe_free(void *p);
 /* Copies of strings; NULL in gives NULL out (not an error). */
 char *nbe_strdup(const char *s);
+
+/*
+ * The allocator given to libcurl: nbe_malloc() & co., except that a sweep
+ * may spare them (NBE_ALLOC_SPARE_LIBS, sanitizer builds only): libcurl
+ * 7.88.1 frees twice on some of its own out-of-memory paths, which the
+ * agent cannot mend. Free with nbe_free().
+ */
+void *nbe_lib_malloc(size_t size);
+void *nbe_lib_calloc(size_t n, size_t size);
+void *nbe_lib_realloc(void *p, size_t size);
+char *nbe_lib_strdup(const char *s);
 char *nbe_strndup(const char *s, size_t n);
 
 /*

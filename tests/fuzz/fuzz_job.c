@@ -32,8 +32,8 @@ static void one(const uint8_t *data, size_t size, bool oom)
 	if (r == 0) {
 		FUZZ_CHECK(job.action[0] != '\0' && fuzz_printable(job.action));
 		FUZZ_CHECK(strlen(job.state) >= 6);
-		FUZZ_CHECK(nbe_job_state_final(job.state) == (strcmp(job.state, "QUEUED") != 0 &&
-							      strcmp(job.state, "RUNNING") != 0));
+		FUZZ_CHECK(nbe_job_state_final(job.state) ==
+			   (strcmp(job.state, "QUEUED") != 0 && strcmp(job.state, "RUNNING") != 0));
 		FUZZ_CHECK(job.naffected <= NBE_JOB_AFFECTED_MAX);
 		for (unsigned i = 0; i < job.naffected; i++)
 			FUZZ_CHECK(nbe_href_valid(job.affected[i], true));
