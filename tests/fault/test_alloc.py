@@ -102,6 +102,49 @@ class AllocSweep(unittest.TestCase):
         self.assertEqual(twice, {})
         self.assertGreater(sum(c for k, c in codes.items() if k != 0), 0, codes)
 
+    def test_record_with_each_allocation_failing(self):
+        dev = test_vfs.Device(Path(test_vfs._DIR) / "alloc-record")
+        dev.ok("record", "alloc.first")          # the buffer exists: appends, not creation
+        import subprocess
+
+        def record(fail_at=None, report=False):
+            env = dict(dev.env)
+            if fail_at is not None:
+                env["NBE_ALLOC_FAIL_AT"] = str(fail_at)
+            if report:
+                env["NBE_ALLOC_REPORT"] = "1"
+            return subprocess.run([test_vfs.CLI, "--config", str(dev.conf), "record",
+                                   "nuvlabox.add-ssh-key", "--job",
+                                   "job/0b8f7e4c-2d1a-4f5e-8c3b-9a6d5e4f3c2b", "--detail",
+                                   "fingerprint=SHA256:x", "--details-json", '{"a":[1,2]}'],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                  timeout=60, universal_newlines=True)
+
+        p = record(report=True)
+        if "nbe-alloc:" not in p.stderr:
+            self.skipTest("not a sanitizer build: no allocation hook in the programs")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        acked = [p.stdout.strip()]
+        total = int(p.stderr.split("nbe-alloc:")[1].split()[0])
+        codes = {}
+        for n in range(1, total + 1, max(1, STRIDE // 4)):
+            p = record(fail_at=n)
+            where = "allocation %d of %d" % (n, total)
+            self.assertIn(p.returncode, {0, 71}, (where, p.stderr[-3000:]))
+            self.assertNotIn("Sanitizer", p.stderr, where)
+            codes[p.returncode] = codes.get(p.returncode, 0) + 1
+            if p.returncode == 0:
+                acked.append(p.stdout.strip())
+            else:
+                self.assertEqual(p.stdout, "", where)   # no id printed: not acknowledged
+                self.assertEqual(len(p.stderr.strip().splitlines()), 1, (where, p.stderr))
+        self.assertEqual(dev.integrity(), [("ok",)])
+        have = {e["id"] for e in dev.events()}
+        self.assertEqual([e for e in acked if e not in have], [])
+        print("\nrecord with allocation N failing: %d allocations, exit codes %s, "
+              "%d acknowledged, all present" % (total, codes, len(acked)), file=sys.stderr)
+        self.assertGreater(codes.get(71, 0), 0, codes)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
