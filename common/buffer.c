@@ -1,6 +1,7 @@
 #include "buffer.h"
 
 #include "alloc.h"
+#include "random.h"
 #include "clock.h"
 #include "fsutil.h"
 #include "json.h"
@@ -16,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -592,6 +594,31 @@ static int header_check(const char *path, const char *wal_path, struct nbe_error
  * possible before the first table) and WAL mode. Returns -EPROTO for a file
  * of a newer agent and -EBADMSG for a file that is not ours.
  */
+/*
+ * Turns WAL on. Two processes creating the buffer at once can meet here
+ * both holding a shared lock and both wanting the exclusive one; SQLite
+ * then answers SQLITE_BUSY at once, without the busy handler (waiting would
+ * deadlock). The one that lost drops its lock with the failed statement:
+ * try again after a short random pause, within busy_timeout.
+ */
+static int set_wal(struct nbe_buffer *b, struct nbe_error *err)
+{
+	int64_t waited = 0;
+	int r;
+
+	for (;;) {
+		r = exec(b, "PRAGMA journal_mode = WAL", err);
+		if (r != -EBUSY || waited >= b->opts.busy_timeout_ms)
+			return r;
+		{
+			int64_t ms = 5 + (int64_t)nbe_random_below(20);
+			struct timespec ts = { 0, (long)ms * 1000000L };
+			nanosleep(&ts, NULL);
+			waited += ms;
+		}
+	}
+}
+
 static int migrate(struct nbe_buffer *b, struct nbe_error *err)
 {
 	int64_t version = 0, app_id = 0, tables = 0;
@@ -618,14 +645,14 @@ static int migrate(struct nbe_buffer *b, struct nbe_error *err)
 				     b->path, version, NBE_BUFFER_SCHEMA_VERSION);
 	if (version == NBE_BUFFER_SCHEMA_VERSION) {
 		/* WAL is persistent, but a file restored from elsewhere may lack it */
-		return exec(b, "PRAGMA journal_mode = WAL", err);
+		return set_wal(b, err);
 	}
 	if (version == 0 && tables == 0) {
 		r = exec(b, "PRAGMA auto_vacuum = INCREMENTAL", err);
 		if (r < 0)
 			return r;
 	}
-	r = exec(b, "PRAGMA journal_mode = WAL", err);
+	r = set_wal(b, err);
 	if (r < 0)
 		return r;
 	r = exec(b, "BEGIN IMMEDIATE", err);
