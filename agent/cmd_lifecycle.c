@@ -1113,6 +1113,14 @@ int cmd_job(struct cli *c, int argc, char **argv)
 		r = life_login(&l);
 	if (r == 0)
 		r = job_fetch(&l, &j);
+	if (r == 0 && j.doc.has_target && strcmp(j.doc.target, c->cfg.nuvlabox_id) != 0) {
+		/* a user's api key sees the jobs of all its devices: never run (or
+		 * mark) another device's job here */
+		cli_err(c, "%s is for %s, not for this device (%s): not run", j.id,
+			j.doc.target[0] ? j.doc.target : "an invalid target-resource",
+			c->cfg.nuvlabox_id);
+		r = EX_DATAERR;
+	}
 	if (r)
 		goto out;
 	if (nbe_job_state_final(j.doc.state)) {

@@ -46,7 +46,7 @@ static bool action_ok(const char *s)
 
 int nbe_job_parse(const char *body, size_t len, struct nbe_job_doc *ret, struct nbe_error *err)
 {
-	cJSON *doc, *action, *state, *aff, *it;
+	cJSON *doc, *action, *state, *target, *aff, *it;
 	int r;
 
 	memset(ret, 0, sizeof(*ret));
@@ -70,6 +70,11 @@ int nbe_job_parse(const char *body, size_t len, struct nbe_job_doc *ret, struct 
 	}
 	snprintf(ret->action, sizeof(ret->action), "%s", action->valuestring);
 	snprintf(ret->state, sizeof(ret->state), "%s", state->valuestring);
+	target = cJSON_GetObjectItemCaseSensitive(doc, "target-resource");
+	ret->has_target = target != NULL;
+	target = cJSON_GetObjectItemCaseSensitive(target, "href");
+	if (cJSON_IsString(target) && nbe_href_valid(target->valuestring, true))
+		snprintf(ret->target, sizeof(ret->target), "%s", target->valuestring);
 	aff = cJSON_GetObjectItemCaseSensitive(doc, "affected-resources");
 	if (!cJSON_IsArray(aff))
 		aff = NULL;

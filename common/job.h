@@ -19,6 +19,11 @@
 struct nbe_job_doc {
 	char action[NBE_JOB_ACTION_MAX + 1];
 	char state[16]; /* QUEUED RUNNING SUCCESS FAILED CANCELED */
+	/* target-resource's href, the device the job is for: has_target when
+	 * the document names one at all, target "" when that is not a valid
+	 * href (so that it matches no device) */
+	bool has_target;
+	char target[NBE_HREF_MAX + 1];
 	char affected[NBE_JOB_AFFECTED_MAX][NBE_HREF_MAX + 1]; /* valid hrefs only */
 	unsigned naffected;
 };

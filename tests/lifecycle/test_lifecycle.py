@@ -449,6 +449,23 @@ class JobTest(LifecycleBase):
         p = self.cli("job", "run", "event/1234", check=False)
         self.assertEqual(p.returncode, EX_USAGE)
 
+    def test_another_devices_job_is_not_touched(self):
+        # a user's api key sees the jobs of every device of the user: a job
+        # whose target-resource is another nuvlabox is refused before anything
+        # (no RUNNING, no reboot, no event), even when this device may edit it
+        me = self.env["NUVLA_TEST_NUVLABOX_ID"]
+        other = self.new_nuvlabox("COMMISSIONED")
+        acl = {"owners": ["group/nuvla-admin"], "view-data": [me, other],
+               "edit-data": [me, other], "manage": [me, other]}
+        jid = self.ctl("POST", "job", {"action": "reboot_nuvlabox", "target": other,
+                                       "acl": acl})["id"]
+        p = self.run_job(jid, EX_DATAERR)
+        self.assertIn(("is for %s, not for this device (%s)" % (other, me)).encode(), p.stderr)
+        self.assertEqual(self.job_doc(jid)["_edits"], [])
+        self.assertEqual(self.job_doc(jid)["state"], "QUEUED")
+        self.assertFalse(os.path.exists(self.marker))
+        self.assertEqual(self.events(), [])
+
 
 class JobPullTest(JobTest):
     """The daemon's optional job pulling; inherits the keys and the fake reboot."""
@@ -472,6 +489,7 @@ class JobPullTest(JobTest):
     test_ssh_key_jobs_keep_every_other_line_the_owner_and_the_mode = None
     test_a_key_sshd_would_not_accept_fails_the_job = None
     test_unsupported_final_canceled_and_made_final_meanwhile = None
+    test_another_devices_job_is_not_touched = None
 
     def test_off_by_default(self):
         # a heartbeat interval that would show within the wait, if pulling were on
