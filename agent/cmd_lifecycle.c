@@ -265,6 +265,40 @@ static void hand_over_credential(struct cli *c, const struct nbe_credential *cre
 			strerror(errno));
 }
 
+/* What an activation answer that gave no credential is kept as. */
+#define ANSWER_PREFIX "activate-answer."
+
+/*
+ * Nuvla activated the device (or may have) but its answer held no credential
+ * the agent could read: the answer may still be the only copy of the secret,
+ * so it is kept (0600, atomically) as <state_dir>/activate-answer.<event>.json
+ * for an operator, never dropped. Appends where it went (or why it could not
+ * be kept) to @msg.
+ */
+static void keep_answer(struct cli *c, const char *start, const struct nbe_http_response *resp,
+			char *msg, size_t msg_size)
+{
+	char name[sizeof(ANSWER_PREFIX) + NBE_UUID_LEN + sizeof(".json")];
+	size_t used = strlen(msg);
+	char *path;
+	int r;
+
+	if (!resp->body || resp->body_len == 0 || used >= msg_size)
+		return;
+	snprintf(name, sizeof(name), ANSWER_PREFIX "%s.json", start);
+	path = nbe_path_join(c->cfg.state_dir, name);
+	r = path ? nbe_write_file_atomic(path, resp->body, resp->body_len, 0600) : -ENOMEM;
+	if (r == 0)
+		snprintf(msg + used, msg_size - used,
+			 "; its answer (%zu bytes) is kept in %s: it may hold the only copy of "
+			 "the secret",
+			 resp->body_len, path);
+	else
+		snprintf(msg + used, msg_size - used, "; its answer could not be kept (%s)",
+			 strerror(-r));
+	nbe_free(path);
+}
+
 /*
  * A temporary file of an activation killed while it wrote the credential
  * may hold the only copy of the secret: say so rather than activate over
@@ -284,6 +318,14 @@ static bool leftover_credential(struct cli *c)
 				"the credential: it may hold the only copy of the secret; rename "
 				"it to %s (or remove it) and run activate again, or use --force",
 				c->cfg.state_dir, de->d_name, NBE_CREDENTIAL_FILE);
+			found = true;
+		} else if (strncmp(de->d_name, ANSWER_PREFIX, sizeof(ANSWER_PREFIX) - 1) == 0) {
+			cli_err(c,
+				"%s/%s is the answer of an earlier activation that held no "
+				"credential the agent could read: it may hold the only copy of the "
+				"secret; save what it holds (api_key, api_secret_file), move it "
+				"away and run activate again, or use --force",
+				c->cfg.state_dir, de->d_name);
 			found = true;
 		}
 	}
@@ -305,7 +347,7 @@ int cmd_activate(struct cli *c, int argc, char **argv)
 	struct nbe_credential cred = { 0 };
 	struct nbe_error err = { { 0 } };
 	struct life l = { 0 };
-	char start[NBE_UUID_LEN + 1] = "", msg[NBE_ERROR_MAX + 256], *path = NULL, *api = NULL;
+	char start[NBE_UUID_LEN + 1] = "", msg[NBE_ERROR_MAX + 1536], *path = NULL, *api = NULL;
 	sigset_t hold, saved_mask;
 	bool held = false;
 	int r;
@@ -366,12 +408,13 @@ int cmd_activate(struct cli *c, int argc, char **argv)
 				"(api_key and api_secret_file in %s, or NuvlaEdge's session file), "
 				"or have the owner create the device anew",
 				c->cfg.nuvlabox_id, resp.message, c->config_path);
-		else if (resp.cls == NBE_HTTP_IN_DOUBT)
+		else if (resp.cls == NBE_HTTP_IN_DOUBT) {
 			snprintf(msg, sizeof(msg),
 				 "the activation's outcome is unknown (%s): if Nuvla activated the "
 				 "device, its credential is lost and a new activation gets 409",
 				 resp.message);
-		else
+			keep_answer(c, start, &resp, msg, sizeof(msg));
+		} else
 			snprintf(msg, sizeof(msg), "activation failed: %s", resp.message);
 		cli_err(c, "%s", msg);
 		life_record_end(&l, "nuvlabox.activate.failed", start, NULL, msg, NULL, NULL);
@@ -385,6 +428,8 @@ int cmd_activate(struct cli *c, int argc, char **argv)
 	if (r < 0) {
 		snprintf(msg, sizeof(msg), "Nuvla answered the activation without a credential: %s",
 			 err.msg);
+		if (r != -ENOMEM)
+			keep_answer(c, start, &resp, msg, sizeof(msg));
 		cli_err(c, "%s", msg);
 		life_record_end(&l, "nuvlabox.activate.failed", start, NULL, msg, NULL, NULL);
 		r = r == -ENOMEM ? EX_OSERR : EX_UNAVAILABLE;

@@ -118,6 +118,33 @@ class ActivateTest(LifecycleBase):
         self.assertEqual(len(failed), 1)
         self.assertEqual(failed[0]["parent"], self.named("nuvlabox.activate")[1]["id"])
 
+    def test_an_answer_without_a_readable_credential_is_kept(self):
+        # Nuvla activated the device, but the answer is cut in half: it may
+        # hold the only copy of the secret, so it is kept (0600), the next
+        # activate is refused until an operator has looked at it
+        nb = self.new_nuvlabox()
+        self.conf = self.unactivated_config(nb)
+        self.ctl("POST", "faults", {"kind": "garbage", "mode": "truncated-json", "count": 1,
+                                    "method": "POST", "path": "/api/" + nb + "/activate"})
+        p = self.cli("activate", check=False)
+        self.assertEqual(p.returncode, EX_UNAVAILABLE, p.stderr)
+        self.assertEqual(self.ctl("GET", "nuvlabox/" + nb.split("/")[1])["nuvlabox"]["state"],
+                         "ACTIVATED")
+        state = os.path.join(self.dir, "state")
+        kept = [n for n in os.listdir(state) if n.startswith("activate-answer.")]
+        self.assertEqual(len(kept), 1, os.listdir(state))
+        path = os.path.join(state, kept[0])
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        self.assertIn(b"kept in " + path.encode(), p.stderr)
+        self.assertIn(b'"api-key"', read(path))   # the first half of Nuvla's answer
+        self.assertFalse(os.path.exists(os.path.join(state, "credential.json")))
+        failed = self.named("nuvlabox.activate.failed")
+        self.assertEqual(len(failed), 1)
+        self.assertIn(kept[0], failed[0]["message"])
+        p = self.cli("activate", check=False)
+        self.assertEqual(p.returncode, EX_CONFIG, p.stderr)
+        self.assertIn(b"is the answer of an earlier activation", p.stderr)
+
     def test_409_explains_and_the_endpoint_down_is_69(self):
         nb = self.new_nuvlabox(state="COMMISSIONED")
         self.conf = self.unactivated_config(nb)

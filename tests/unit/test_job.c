@@ -167,8 +167,9 @@ static void test_context_key(void **state)
 
 static void test_heartbeat_jobs(void **state)
 {
-	const char *hb = "{\"doc-last-updated\":\"2026-11-30T00:00:00Z\",\"jobs\":"
-			 "[\"" JOB1 "\",\"" JOB2 "\",\"" JOB1 "\",\"" NB "\",7,\"job/\",\"job/a b\"]}";
+	const char *hb =
+		"{\"doc-last-updated\":\"2026-11-30T00:00:00Z\",\"jobs\":"
+		"[\"" JOB1 "\",\"" JOB2 "\",\"" JOB1 "\",\"" NB "\",7,\"job/\",\"job/a b\"]}";
 	char ids[4][NBE_HREF_MAX + 1];
 	unsigned n = 99;
 
@@ -234,10 +235,8 @@ static void test_alloc_failures(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_job_document),
-		cmocka_unit_test(test_not_a_job),
-		cmocka_unit_test(test_context_key),
-		cmocka_unit_test(test_heartbeat_jobs),
+		cmocka_unit_test(test_job_document),   cmocka_unit_test(test_not_a_job),
+		cmocka_unit_test(test_context_key),    cmocka_unit_test(test_heartbeat_jobs),
 		cmocka_unit_test(test_alloc_failures),
 	};
 	nbe_json_install_hooks();
