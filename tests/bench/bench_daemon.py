@@ -22,13 +22,18 @@ it prints tables and judges nothing but that every step worked.
                 ack        from just before spawning record to the daemon's
                            debug line "sent 1, ..." (after it committed the ack),
                            read from its stderr pipe as it is written
+  floor       the memory floor under the daemon, in the same run:
+              bench_floor_libc (the C library alone), bench_floor_sqlite (+
+              SQLite, a WAL database open after one commit) and
+              bench_floor_libs (+ libcurl as built, mbedTLS, cJSON, each
+              initialised): what the daemon's RSS cannot go below
   rss         the daemon's VmRSS (and RssAnon/RssFile, Pss) idle after start,
               idle after use, while draining a backlog of -b events (default
               20000) from a fresh daemon to nginx answering 201 itself
               (harness --bench-direct), and idle after that drain
 
 usage: bench_daemon.py [-r RUNS] [-t IDLE_SECONDS] [-s SAMPLES] [-b BACKLOG]
-                       [-w WATCHDOG_SECONDS] [-o idle,latency,drain] [-d DIR] [-k]
+                       [-w WATCHDOG_SECONDS] [-o idle,latency,drain,floor] [-d DIR] [-k]
 """
 
 import argparse
@@ -260,6 +265,28 @@ class Bench:
         return {"rss": m.get("VmRSS", 0), "hwm": m.get("VmHWM", 0), "anon": m.get("RssAnon", 0),
                 "file": m.get("RssFile", 0), "pss": r.get("Pss", 0)}
 
+    def floor(self, run):
+        """The RSS of the bench_floor_* programs beside bench_backlog."""
+        out = {}
+        for kind in ("libc", "sqlite", "libs"):
+            prog = os.path.join(self.a.floor_dir, "bench_floor_" + kind)
+            db = os.path.join(self.dir, "floor-%d-%s.db" % (run, kind))
+            p = subprocess.Popen([prog, db], stdout=subprocess.PIPE, env=self.clean_env())
+            try:
+                lines = []
+                for line in p.stdout:
+                    lines.append(line.decode().strip())
+                    if lines[-1] == "ready":
+                        break
+                if not lines or lines[-1] != "ready":
+                    raise RuntimeError("%s did not get ready: %s" % (prog, lines))
+                time.sleep(1)
+                out[kind] = self.mem(p.pid)
+            finally:
+                p.terminate()
+                p.wait(timeout=10)
+        return out
+
     def record(self, conf, name, i):
         t0w = time.time()
         t0 = time.monotonic()
@@ -374,6 +401,8 @@ class Bench:
                 d.stop()
         if "drain" in a.only:
             res["drain"] = self.drain(run)
+        if "floor" in a.only:
+            res["floor"] = self.floor(run)
         return res
 
     def stop(self):
@@ -416,6 +445,12 @@ def report_run(run, res, a):
         if m:
             print("  RSS %-20s %s MiB (anon %s, file %s; Pss %s; VmHWM %s)" % (
                 what, mb(m["rss"]), mb(m["anon"]), mb(m["file"]), mb(m["pss"]), mb(m["hwm"])))
+    for kind, what in (("libc", "floor: C library only"), ("sqlite", "floor: + SQLite, 1 commit"),
+                       ("libs", "floor: + all libraries")):
+        m = res.get("floor", {}).get(kind)
+        if m:
+            print("  RSS %-26s %s MiB (anon %s, file %s; Pss %s)" % (
+                what, mb(m["rss"]), mb(m["anon"]), mb(m["file"]), mb(m["pss"])))
     dr = res.get("drain")
     if dr:
         p, m = dr["peak"], dr["after"]
@@ -457,6 +492,8 @@ def summary(rows, a):
                                           pct([s["srv"] - s["rec"] for s in r["lat"]], 99)))),
         ("**RSS idle after start MiB** (target <= 4; anon)",
          cells(lambda r: "%s (%s)" % (mb(r["mem_fresh"]["rss"]), mb(r["mem_fresh"]["anon"])))),
+        ("RSS floor: C library / + SQLite / + all the daemon's libraries, MiB",
+         cells(lambda r: " / ".join(mb(r["floor"][k]["rss"]) for k in ("libc", "sqlite", "libs")))),
         ("RSS idle after use MiB (anon)",
          cells(lambda r: "%s (%s)" % (mb(r["mem_used"]["rss"]), mb(r["mem_used"]["anon"])))),
         ("RSS peak while draining MiB (anon)",
@@ -481,13 +518,17 @@ def main():
     ap.add_argument("-s", "--samples", type=int, default=200)
     ap.add_argument("-b", "--backlog-events", type=int, default=20000)
     ap.add_argument("-w", "--watchdog", type=int, default=10, help="WATCHDOG_USEC in seconds")
-    ap.add_argument("-o", "--only", default="idle,latency,drain")
+    ap.add_argument("-o", "--only", default="idle,latency,drain,floor")
     ap.add_argument("-d", "--dir")
     ap.add_argument("-c", "--cli", default=bd.CLI)
     ap.add_argument("-B", "--backlog", default=bd.BACKLOG)
     ap.add_argument("-k", "--keep", action="store_true")
     a = ap.parse_args()
     a.only = set(a.only.split(","))
+    a.floor_dir = os.path.dirname(os.path.abspath(a.backlog))
+    for kind in ("libc", "sqlite", "libs") if "floor" in a.only else ():
+        if not os.access(os.path.join(a.floor_dir, "bench_floor_" + kind), os.X_OK):
+            ap.error("%s/bench_floor_%s: not found (build first)" % (a.floor_dir, kind))
     sys.stdout.reconfigure(line_buffering=True)
     for p in (a.cli, DAEMON, a.backlog):
         if not os.access(p, os.X_OK):
