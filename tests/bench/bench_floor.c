@@ -32,6 +32,9 @@ int main(int argc, char **argv)
 {
 	sigset_t set;
 	int sig = 0;
+#ifdef FLOOR_LIBS
+	CURLM *multi = NULL;
+#endif
 #if defined(FLOOR_SQLITE) || defined(FLOOR_LIBS)
 	sqlite3 *db = NULL;
 	char *msg = NULL;
@@ -59,7 +62,6 @@ int main(int argc, char **argv)
 		mbedtls_entropy_context entropy;
 		mbedtls_ctr_drbg_context drbg;
 		cJSON *doc = cJSON_Parse("{\"status\":201,\"resource-id\":\"event/1\"}");
-		CURLM *multi;
 
 		if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK ||
 		    !(multi = curl_multi_init()) || !doc) {
@@ -84,5 +86,8 @@ int main(int argc, char **argv)
 	printf("ready\n");
 	fflush(stdout);
 	sigwait(&set, &sig);
+#ifdef FLOOR_LIBS
+	curl_multi_cleanup(multi); /* what the floor held until now */
+#endif
 	return 0;
 }
