@@ -104,10 +104,7 @@ static void check_files(struct cli *c, struct doctor *d)
 		     : c->cfg.identity_source && !getenv("NUVLAEDGE_API_SECRET")
 			     ? c->cfg.identity_source
 			     : "NUVLAEDGE_API_SECRET");
-	if (secret) {
-		explicit_bzero(secret, strlen(secret));
-		nbe_free(secret);
-	}
+	nbe_free_secret_str(secret);
 	if (c->cfg.ca_file) {
 		r = nbe_crypto_cert_info(c->cfg.ca_file, &ci, &err);
 		if (r < 0)
@@ -252,10 +249,7 @@ static void check_tls_and_login(struct cli *c, struct doctor *d)
 	else
 		line(d, "FAIL", "login", "%s", resp.message);
 out:
-	if (secret) {
-		explicit_bzero(secret, strlen(secret));
-		nbe_free(secret);
-	}
+	nbe_free_secret_str(secret);
 	nbe_http_response_clear(&resp);
 	nbe_nuvla_free(n);
 }

@@ -188,12 +188,11 @@ static int life_login(struct life *l)
 			"api_key and api_secret_file in %s%s%s",
 			l->c->config_path, cfg->identity_note ? "; " : "",
 			cfg->identity_note ? cfg->identity_note : "");
-		nbe_free(secret);
+		nbe_free_secret_str(secret);
 		return EX_CONFIG;
 	}
 	r = nbe_nuvla_login(l->n, cfg->api_key, secret, &resp, &err);
-	explicit_bzero(secret, strlen(secret));
-	nbe_free(secret);
+	nbe_free_secret_str(secret);
 	if (r < 0) {
 		cli_err(l->c, "login: %s", err.msg);
 		return EX_OSERR;

@@ -185,10 +185,7 @@ static void session_close(struct session *s)
 	nbe_uploader_free(s->up);
 	nbe_nuvla_free(s->nuvla);
 	nbe_buffer_close(s->buf);
-	if (s->secret) {
-		explicit_bzero(s->secret, strlen(s->secret));
-		nbe_free(s->secret);
-	}
+	nbe_free_secret_str(s->secret);
 	if (s->lock_fd >= 0)
 		close(s->lock_fd);
 }

@@ -171,11 +171,8 @@ static int setup_uploader(struct daemon *d)
 	nbe_nuvla_free(d->nuvla);
 	d->up = NULL;
 	d->nuvla = NULL;
-	if (d->secret) {
-		explicit_bzero(d->secret, strlen(d->secret));
-		nbe_free(d->secret);
-		d->secret = NULL;
-	}
+	nbe_free_secret_str(d->secret);
+	d->secret = NULL;
 	r = nbe_config_check_key(&d->cfg, &err);
 	if (r == 0)
 		r = nbe_config_read_secret(&d->cfg, &d->secret, &err);
@@ -943,10 +940,7 @@ static void teardown(struct daemon *d)
 		if (d->fds[i].fd >= 0)
 			close(d->fds[i].fd);
 	}
-	if (d->secret) {
-		explicit_bzero(d->secret, strlen(d->secret));
-		nbe_free(d->secret);
-	}
+	nbe_free_secret_str(d->secret);
 	if (d->lock_fd >= 0)
 		close(d->lock_fd);
 	nbe_config_free(&d->cfg);

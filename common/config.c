@@ -657,8 +657,7 @@ int nbe_config_read_secret(const struct nbe_config *cfg, char **ret, struct nbe_
 	while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r'))
 		text[--len] = '\0';
 	if (len == 0 || strlen(text) != len) {
-		explicit_bzero(text, len);
-		nbe_free(text);
+		nbe_free_secret(text, len);
 		return nbe_error_set(err, -EINVAL, "api secret file %s is empty or not text",
 				     cfg->api_secret_file);
 	}
@@ -713,10 +712,6 @@ void nbe_config_free(struct nbe_config *cfg)
 	cfg->identity_note = NULL;
 	nbe_free(cfg->identity_source);
 	cfg->identity_source = NULL;
-	if (cfg->api_secret) {
-		/* a secret does not linger in freed memory */
-		explicit_bzero(cfg->api_secret, strlen(cfg->api_secret));
-		nbe_free(cfg->api_secret);
-		cfg->api_secret = NULL;
-	}
+	nbe_free_secret_str(cfg->api_secret);
+	cfg->api_secret = NULL;
 }

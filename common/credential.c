@@ -10,21 +10,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static void wipe_free(char *s)
-{
-	if (s) {
-		explicit_bzero(s, strlen(s));
-		nbe_free(s);
-	}
-}
-
 void nbe_credential_clear(struct nbe_credential *c)
 {
 	if (!c)
 		return;
 	nbe_free(c->nuvlabox_id);
 	nbe_free(c->api_key);
-	wipe_free(c->api_secret);
+	nbe_free_secret_str(c->api_secret);
 	memset(c, 0, sizeof(*c));
 }
 
@@ -103,7 +95,7 @@ int nbe_credential_write(const char *path, const struct nbe_credential *c, struc
 	if (!text)
 		return nbe_error_set(err, -ENOMEM, "out of memory");
 	r = nbe_write_file_atomic(path, text, strlen(text), 0600);
-	wipe_free(text);
+	nbe_free_secret_str(text);
 	if (r < 0)
 		return nbe_error_set(err, r, "%s: cannot write the credential: %s", path,
 				     strerror(-r));
@@ -133,8 +125,7 @@ int nbe_credential_read(const char *path, struct nbe_credential *ret, struct nbe
 		return nbe_error_set(err, r, "%s: %s", path,
 				     r == -EFBIG ? "too large for a credential" : strerror(-r));
 	r = nbe_credential_parse(text, len, ret, &perr);
-	explicit_bzero(text, len);
-	nbe_free(text);
+	nbe_free_secret(text, len);
 	if (r < 0)
 		return nbe_error_set(err, r, "%s: %s", path, perr.msg);
 	if (!ret->nuvlabox_id) {

@@ -18,10 +18,7 @@ void nbe_nuvlaedge_identity_clear(struct nbe_nuvlaedge_identity *id)
 	nbe_free(id->endpoint);
 	nbe_free(id->nuvlabox_id);
 	nbe_free(id->api_key);
-	if (id->api_secret) {
-		explicit_bzero(id->api_secret, strlen(id->api_secret));
-		nbe_free(id->api_secret);
-	}
+	nbe_free_secret_str(id->api_secret);
 	memset(id, 0, sizeof(*id));
 	id->insecure = -1;
 }
@@ -65,15 +62,6 @@ static int read_text(const char *dir, const char *name, char **ret, size_t *ret_
 	return 0;
 }
 
-/* Wipes and frees a file's text (it may hold a secret). */
-static void free_text(char *text, size_t len)
-{
-	if (!text)
-		return;
-	explicit_bzero(text, len);
-	nbe_free(text);
-}
-
 /* Decodes irs2 into "<key>:<secret>" and splits it. */
 static int decode_irs2(const char *irs2, const char *nuvlabox_id, char **ret_key, char **ret_secret,
 		       struct nbe_error *err)
@@ -102,17 +90,15 @@ static int decode_irs2(const char *irs2, const char *nuvlabox_id, char **ret_key
 				     nuvlabox_id);
 	colon = memchr(plain, ':', plen);
 	if (!colon || memchr(plain, '\0', plen)) {
-		explicit_bzero(plain, plen);
-		nbe_free(plain);
+		nbe_free_secret(plain, plen);
 		return nbe_error_set(err, -EBADMSG, "irs2 does not hold <key>:<secret>");
 	}
 	*ret_key = nbe_strndup((char *)plain, (size_t)(colon - (char *)plain));
 	*ret_secret = nbe_strndup(colon + 1, plen - (size_t)(colon + 1 - (char *)plain));
-	explicit_bzero(plain, plen);
-	nbe_free(plain);
+	nbe_free_secret(plain, plen);
 	if (!*ret_key || !*ret_secret) {
 		nbe_free(*ret_key);
-		nbe_free(*ret_secret);
+		nbe_free_secret_str(*ret_secret);
 		return nbe_error_set(err, -ENOMEM, "out of memory");
 	}
 	return 0;
@@ -143,7 +129,7 @@ static int from_session(cJSON *j, const char *path, struct nbe_nuvlaedge_identit
 		secret = nbe_strdup(str(creds, "secret"));
 		if (!key || !secret) {
 			nbe_free(key);
-			nbe_free(secret);
+			nbe_free_secret_str(secret);
 			return nbe_error_set(err, -ENOMEM, "out of memory");
 		}
 	} else if (irs2) {
@@ -156,8 +142,7 @@ static int from_session(cJSON *j, const char *path, struct nbe_nuvlaedge_identit
 	}
 	if (!nbe_href_is(key, "credential")) {
 		nbe_free(key);
-		explicit_bzero(secret, strlen(secret));
-		nbe_free(secret);
+		nbe_free_secret_str(secret);
 		return nbe_error_set(err, -EINVAL, "%s: the api key is not credential/<uuid>",
 				     path);
 	}
@@ -254,7 +239,7 @@ int nbe_nuvlaedge_read(const char *dir, struct nbe_nuvlaedge_identity *ret, stru
 	r = read_text(dir, NBE_NUVLAEDGE_SESSION, &text, &len, path, sizeof(path), err);
 	if (r == 0) {
 		r = nbe_nuvlaedge_parse_session(text, path, ret, err);
-		free_text(text, len);
+		nbe_free_secret(text, len);
 		return r;
 	}
 	if (r != -ENOENT)
@@ -270,7 +255,7 @@ int nbe_nuvlaedge_read(const char *dir, struct nbe_nuvlaedge_identity *ret, stru
 		nbe_error_set(err, r, "%s: no NuvlaEdge session file (%s) nor .activated", dir,
 			      NBE_NUVLAEDGE_SESSION);
 out:
-	free_text(context, clen);
-	free_text(activated, alen);
+	nbe_free_secret(context, clen);
+	nbe_free_secret(activated, alen);
 	return r;
 }

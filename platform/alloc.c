@@ -69,6 +69,20 @@ void nbe_free(void *p)
 	free(p);
 }
 
+void nbe_free_secret(void *p, size_t n)
+{
+	if (!p)
+		return;
+	explicit_bzero(p, n);
+	nbe_free(p);
+}
+
+void nbe_free_secret_str(char *s)
+{
+	if (s)
+		nbe_free_secret(s, strlen(s));
+}
+
 char *nbe_strndup(const char *s, size_t n)
 {
 	size_t len;

@@ -15,6 +15,15 @@ void *nbe_calloc(size_t n, size_t size);
 void *nbe_realloc(void *p, size_t size);
 /* Accepts NULL. */
 void nbe_free(void *p);
+/*
+ * For memory that held a secret (an api secret, a file or an HTTP body with
+ * one in it): wipes @n bytes at @p with explicit_bzero(), which the compiler
+ * may not drop as a dead store, then frees it. Accepts NULL. The one place
+ * the agent wipes and frees: a secret never lingers in freed memory.
+ */
+void nbe_free_secret(void *p, size_t n);
+/* The same for a NUL-terminated string, wiped up to its terminator. */
+void nbe_free_secret_str(char *s);
 /* Copies of strings; NULL in gives NULL out (not an error). */
 char *nbe_strdup(const char *s);
 
