@@ -19,6 +19,7 @@
 #include "json.h"
 #include "notify.h"
 #include "nuvla.h"
+#include "spawn.h"
 #include "sysinfo.h"
 #include "upload_setup.h"
 #include "version.h"
@@ -782,7 +783,7 @@ static int job_fail(struct life *l, struct job *j, const char *op, int code, con
 static int run_command(const char *cmdline, char *why, size_t why_size)
 {
 	char *copy = nbe_strdup(cmdline), *argv[REBOOT_ARGV_MAX + 1], *p;
-	int n = 0, status = 0;
+	int n = 0, status = 0, r;
 	pid_t pid;
 
 	if (!copy)
@@ -802,18 +803,12 @@ static int run_command(const char *cmdline, char *why, size_t why_size)
 		snprintf(why, why_size, "reboot_command is empty");
 		return -EINVAL;
 	}
-	(void)fflush(NULL); /* before fork(): the child must not repeat buffered output */
-	pid = fork();
-	if (pid < 0) {
-		int e = errno;
+	/* stdio inherited: a reboot command may ask the operator (polkit) */
+	r = nbe_spawn(&(struct nbe_spawn_opts){ .argv = argv, .search_path = true }, &pid, NULL);
+	if (r < 0) {
+		snprintf(why, why_size, "cannot run %s: %s", argv[0], strerror(-r));
 		nbe_free(copy);
-		snprintf(why, why_size, "fork: %s", strerror(e));
-		return -e;
-	}
-	if (pid == 0) {
-		close_range(3, ~0U, 0); /* libcurl's wakeup pairs are not CLOEXEC */
-		execvp(argv[0], argv);
-		_exit(127);
+		return r;
 	}
 	for (;;) {
 		if (waitpid(pid, &status, 0) == pid)
@@ -830,8 +825,7 @@ static int run_command(const char *cmdline, char *why, size_t why_size)
 		return 0;
 	}
 	if (WIFEXITED(status))
-		snprintf(why, why_size, "%s exited with status %d%s", argv[0], WEXITSTATUS(status),
-			 WEXITSTATUS(status) == 127 ? " (not found?)" : "");
+		snprintf(why, why_size, "%s exited with status %d", argv[0], WEXITSTATUS(status));
 	else
 		snprintf(why, why_size, "%s was killed by signal %d", argv[0],
 			 WIFSIGNALED(status) ? WTERMSIG(status) : 0);

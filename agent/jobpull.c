@@ -6,16 +6,15 @@
 #include "job.h"
 #include "json.h"
 #include "log.h"
+#include "spawn.h"
 #include "upload_setup.h"
 #include "version.h"
 
 #include <errno.h>
 #include <inttypes.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdint.h>
 #include <string.h>
-#include <sys/syscall.h>
 #include <sys/timerfd.h>
 #include <sys/wait.h>
 #include <sysexits.h>
@@ -268,23 +267,14 @@ static void take_jobs(struct jobpull *jp, const char *body, size_t len)
 	}
 }
 
-static int pidfd_of(pid_t pid)
-{
-#ifdef SYS_pidfd_open
-	return (int)syscall(SYS_pidfd_open, pid, 0);
-#else
-	(void)pid;
-	errno = ENOSYS;
-	return -1;
-#endif
-}
-
 /* Starts the next queued job, if none runs. */
 static void start_next(struct jobpull *jp)
 {
 	char helper[4200], *argv[7];
-	sigset_t none;
+	/* the job reads nothing; its output goes where the daemon's goes */
+	struct nbe_spawn_opts so = { .argv = argv, .std_in = NBE_SPAWN_DEVNULL };
 	pid_t pid;
+	int r;
 
 	if (jp->child > 0)
 		return;
@@ -308,25 +298,13 @@ static void start_next(struct jobpull *jp)
 	argv[4] = (char *)(uintptr_t) "run";
 	argv[5] = jp->running;
 	argv[6] = NULL;
-	(void)fflush(NULL); /* before fork(): the child must not repeat buffered output */
-	pid = fork();
-	if (pid == 0) {
-		/* the daemon blocks and ignores signals: the job must not */
-		sigemptyset(&none);
-		if (sigprocmask(SIG_SETMASK, &none, NULL) != 0 ||
-		    signal(SIGPIPE, SIG_DFL) == SIG_ERR)
-			_exit(127);	/* as if it could not start */
-		close_range(3, ~0U, 0); /* libcurl's wakeup pairs are not CLOEXEC */
-		execv(helper, argv);
-		_exit(127);
-	}
-	if (pid < 0) {
-		log_error("jobs: cannot start %s: %s", jp->running, strerror(errno));
+	r = nbe_spawn(&so, &pid, &jp->child_fd);
+	if (r < 0) {
+		log_error("jobs: cannot start %s (%s): %s", jp->running, helper, strerror(-r));
 		jp->running[0] = '\0';
 		return;
 	}
 	jp->child = pid;
-	jp->child_fd = pidfd_of(pid);
 	log_info("jobs: running %s (pid %ld)", jp->running, (long)pid);
 }
 
