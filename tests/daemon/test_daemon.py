@@ -21,23 +21,11 @@ import unittest
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.dont_write_bytecode = True
-sys.path.insert(0, os.path.join(ROOT, "tests", "nuvla"))
-from harness import Harness  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "nuvla"))
+import harness  # noqa: E402
+from harness import CLI, DAEMON  # noqa: E402,F401  (the other daemon tests take them from here)
 import schema  # noqa: E402
-
-CLI = os.environ.get("NBE_CLI") or os.path.join(ROOT, "build", "agent", "nuvlabox-event")
-DAEMON = os.environ.get("NBE_DAEMON") or os.path.join(os.path.dirname(CLI), "nuvlabox-eventd")
-
-
-def http_json(url, method="GET", body=None):
-    import urllib.request
-    req = urllib.request.Request(url, method=method,
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.load(r)
 
 
 def wait_for(pred, timeout, step=0.02):
@@ -73,25 +61,20 @@ class DaemonBase(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="nbe-daemon-")
-        cls.h = Harness(os.path.join(cls.tmp, "harness"), extra_addresses=cls.extra_addresses,
-                        extra_names=cls.extra_names)
-        cls.h.start()
+        cls.tmp, cls.h = harness.start_for_tests("nbe-daemon-",
+                                                 extra_addresses=cls.extra_addresses,
+                                                 extra_names=cls.extra_names)
         cls.env = cls.h.env
-        cls.standin = cls.env["NUVLA_STANDIN_URL"]
 
     @classmethod
     def tearDownClass(cls):
-        cls.h.stop()
-        shutil.rmtree(cls.tmp, ignore_errors=True)
+        harness.stop_for_tests(cls.tmp, cls.h)
 
     def setUp(self):
-        http_json(self.standin + "/_control/reset", "POST", {"seed": True})
+        self.ctl("POST", "reset", {"seed": True})
         self.dir = tempfile.mkdtemp(dir=self.tmp)
-        self.secret = os.path.join(self.dir, "secret")
-        with open(self.secret, "w") as f:
-            f.write(self.env["NUVLA_TEST_API_SECRET"])
-        os.chmod(self.secret, 0o600)
+        self.secret = harness.write_secret(os.path.join(self.dir, "secret"), self.env,
+                                           newline=False)
         self.procs = []
         self.conf = self.config()
 
@@ -111,37 +94,27 @@ class DaemonBase(unittest.TestCase):
             if getattr(p, "log", None):
                 p.log.close()
         # everything the stand-in received passed the closed schema
-        for r in http_json(self.standin + "/_control/requests")["requests"]:
+        for r in self.ctl("GET", "requests")["requests"]:
             if r["method"] == "POST" and r["path"] == "/api/event" and isinstance(r.get("body"), dict):
                 self.assertEqual(schema.validate_event(r["body"], strict=True), [], r["body"])
 
+    def ctl(self, method, what, body=None, **query):
+        return harness.control(self.env, method, what, body, **query)
+
     def config(self, **over):
-        e = self.env
-        keys = {
-            "endpoint": e["NUVLA_GATEWAY_URL"],
-            "nuvlabox_id": e["NUVLA_TEST_NUVLABOX_ID"],
-            "ca_file": e["NUVLA_TEST_CA"],
-            "client_cert": e["NUVLA_TEST_CLIENT_CERT"],
-            "client_key": e["NUVLA_TEST_CLIENT_KEY"],
-            "api_key": e["NUVLA_TEST_API_KEY"],
-            "api_secret_file": self.secret,
-            "state_dir": os.path.join(self.dir, "state"),
-            "runtime_dir": os.path.join(self.dir, "run"),
-            "request_timeout": "5s",
-            "connect_timeout": "2s",
+        keys = harness.device_config(
+            self.env, self.secret,
+            state_dir=os.path.join(self.dir, "state"),
+            runtime_dir=os.path.join(self.dir, "run"),
+            request_timeout="5s",
+            connect_timeout="2s",
             # never the machine's own /root/.ssh
-            "authorized_keys": os.path.join(self.dir, "home", ".ssh", "authorized_keys"),
-        }
+            authorized_keys=os.path.join(self.dir, "home", ".ssh", "authorized_keys"))
         keys.update(over)
-        path = os.path.join(self.dir, "agent.conf")
-        with open(path, "w") as f:
-            for k, v in keys.items():
-                if v is not None:
-                    f.write(f"{k} = {v}\n")
-        return path
+        return harness.write_config(os.path.join(self.dir, "agent.conf"), keys)
 
     def cli(self, *args, check=True):
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("NUVLA", "NOTIFY_", "WATCHDOG"))}
+        env = harness.agent_env()
         p = subprocess.run([CLI, "--config", self.conf, *args], capture_output=True, env=env,
                            timeout=120)
         if check and p.returncode != 0:
@@ -155,7 +128,7 @@ class DaemonBase(unittest.TestCase):
         return json.loads(self.cli("status", "--json").stdout)
 
     def start_daemon(self, env_extra=None, prefix=()):
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("NUVLA", "NOTIFY_", "WATCHDOG"))}
+        env = harness.agent_env()
         env.update(env_extra or {})
         log = open(os.path.join(self.dir, f"daemon{len(self.procs)}.log"), "w")
         p = subprocess.Popen([*prefix, DAEMON, "--config", self.conf], stderr=log, env=env)
@@ -183,7 +156,7 @@ class DaemonBase(unittest.TestCase):
         return time.monotonic() - t0
 
     def server_events(self):
-        return http_json(self.standin + "/_control/events?origin=api")["events"]
+        return self.ctl("GET", "events", origin="api")["events"]
 
     def tags(self):
         out = []
@@ -327,9 +300,9 @@ class DaemonTest(DaemonBase):
         # the gateway answers 503 for a while: the daemon backs off
         self.conf = self.config(retry_base="20s", retry_cap="1m")
         d = self.start_daemon()
-        http_json(self.standin + "/_control/faults", "POST",
-                  {"kind": "status", "status": 503, "count": 1, "path": "/api/event",
-                   "method": "POST", "body": "html"})
+        self.ctl("POST", "faults",
+                 {"kind": "status", "status": 503, "count": 1, "path": "/api/event",
+                  "method": "POST", "body": "html"})
         for i in range(5):
             self.record()
         self.assertTrue(wait_for(lambda: self.status()["upload_state"] == "backoff", 10),
@@ -363,7 +336,7 @@ class DaemonTest(DaemonBase):
         os.makedirs(state)
         with open(os.path.join(state, "upload.lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)      # a flush that runs for minutes
-            env = {k: v for k, v in os.environ.items() if not k.startswith("NUVLA")}
+            env = harness.agent_env()
             log = open(os.path.join(self.dir, "daemon0.log"), "w")
             p = subprocess.Popen([DAEMON, "--config", self.conf], stderr=log, env=env)
             p.log = log

@@ -12,7 +12,7 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.dont_write_bytecode = True
 sys.path.insert(0, HERE)
-from test_daemon import DaemonBase, http_json, wait_for  # noqa: E402
+from test_daemon import DaemonBase, wait_for  # noqa: E402
 
 
 class DecommissionTest(DaemonBase):
@@ -25,7 +25,7 @@ class DecommissionTest(DaemonBase):
     def tearDown(self):
         super().tearDown()
         # the next test needs the credential and the state back
-        http_json(self.standin + "/_control/reset", "POST", {"seed": True})
+        self.ctl("POST", "reset", {"seed": True})
 
     def names_on_server(self):
         return [e["name"] for e in self.server_events()]
@@ -35,8 +35,7 @@ class DecommissionTest(DaemonBase):
         before = [self.record("before.decommission", "--detail", f"i={i}") for i in range(3)]
         self.assertTrue(wait_for(lambda: self.status()["pending"] == 0, 10), self.daemon_log())
 
-        http_json(f"{self.standin}/_control/nuvlabox/{self.uuid}", "PUT",
-                  {"state": "DECOMMISSIONING"})
+        self.ctl("PUT", f"nuvlabox/{self.uuid}", {"state": "DECOMMISSIONING"})
         self.assertTrue(wait_for(lambda: "nuvlabox.decommission" in self.names_on_server(), 10),
                         self.daemon_log())
         ev = [e for e in self.server_events() if e["name"] == "nuvlabox.decommission"][0]
@@ -46,7 +45,7 @@ class DecommissionTest(DaemonBase):
         self.assertTrue(wait_for(lambda: self.status()["pending"] == 0, 10))
 
         # the decommission job deletes the device's credential
-        http_json(f"{self.standin}/_control/credential/{self.cred}?revoke_sessions=1", "DELETE")
+        self.ctl("DELETE", f"credential/{self.cred}", revoke_sessions=1)
         after = self.record("after.credential")
         self.assertTrue(wait_for(lambda: self.status()["decommissioned"], 15), self.daemon_log())
         st = self.status()
@@ -58,10 +57,10 @@ class DecommissionTest(DaemonBase):
             self.assertEqual(tags.count("device-event/" + i), 1)
         self.assertNotIn("device-event/" + after, tags)
         # it stops retrying (no login attempts while idle), the events stay, export says so
-        n0 = len([r for r in http_json(self.standin + "/_control/requests")["requests"]
+        n0 = len([r for r in self.ctl("GET", "requests")["requests"]
                   if r["path"] == "/api/session"])
         time.sleep(3)
-        n1 = len([r for r in http_json(self.standin + "/_control/requests")["requests"]
+        n1 = len([r for r in self.ctl("GET", "requests")["requests"]
                   if r["path"] == "/api/session"])
         self.assertEqual(n0, n1)
         exported = [json.loads(l) for l in self.cli("export").stdout.decode().splitlines()]
@@ -75,7 +74,7 @@ class DecommissionTest(DaemonBase):
         d = self.start_daemon()
         self.record("first")
         self.assertTrue(wait_for(lambda: self.status()["pending"] == 0, 10))
-        http_json(f"{self.standin}/_control/credential/{self.cred}?revoke_sessions=1", "DELETE")
+        self.ctl("DELETE", f"credential/{self.cred}", revoke_sessions=1)
         self.record("second")
         self.assertTrue(wait_for(lambda: self.status()["decommissioned"], 15), self.daemon_log())
         evs = json.loads(self.cli("list", "--json").stdout)

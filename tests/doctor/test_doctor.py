@@ -13,58 +13,35 @@ import tempfile
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.dont_write_bytecode = True
-sys.path.insert(0, os.path.join(ROOT, "tests", "nuvla"))
-from harness import Harness  # noqa: E402
-
-CLI = os.environ.get("NBE_CLI") or os.path.join(ROOT, "build", "agent", "nuvlabox-event")
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "nuvla"))
+import harness  # noqa: E402
+from harness import CLI  # noqa: E402
 
 
 class DoctorTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="nbe-doctor-")
-        cls.h = Harness(os.path.join(cls.tmp, "harness"))
-        cls.h.start()
+        cls.tmp, cls.h = harness.start_for_tests("nbe-doctor-")
         cls.env = cls.h.env
 
     @classmethod
     def tearDownClass(cls):
-        cls.h.stop()
-        shutil.rmtree(cls.tmp, ignore_errors=True)
+        harness.stop_for_tests(cls.tmp, cls.h)
 
     def setUp(self):
         self.dir = tempfile.mkdtemp(dir=self.tmp)
-        self.secret = os.path.join(self.dir, "secret")
-        with open(self.secret, "w") as f:
-            f.write(self.env["NUVLA_TEST_API_SECRET"] + "\n")
-        os.chmod(self.secret, 0o600)
+        self.secret = harness.write_secret(os.path.join(self.dir, "secret"), self.env)
 
     def config(self, **over):
-        e = self.env
-        keys = {
-            "endpoint": e["NUVLA_GATEWAY_URL"],
-            "nuvlabox_id": e["NUVLA_TEST_NUVLABOX_ID"],
-            "ca_file": e["NUVLA_TEST_CA"],
-            "client_cert": e["NUVLA_TEST_CLIENT_CERT"],
-            "client_key": e["NUVLA_TEST_CLIENT_KEY"],
-            "api_key": e["NUVLA_TEST_API_KEY"],
-            "api_secret_file": self.secret,
-            "state_dir": os.path.join(self.dir, "state"),
-            "connect_timeout": "2s",
-            "request_timeout": "5s",
-        }
+        keys = harness.device_config(self.env, self.secret,
+                                     state_dir=os.path.join(self.dir, "state"),
+                                     connect_timeout="2s", request_timeout="5s")
         keys.update(over)
-        path = os.path.join(self.dir, "agent.conf")
-        with open(path, "w") as f:
-            for k, v in keys.items():
-                if v is not None:
-                    f.write(f"{k} = {v}\n")
-        return path
+        return harness.write_config(os.path.join(self.dir, "agent.conf"), keys)
 
     def run_cli(self, *args, config=None):
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("NUVLA", "HOST_HOME"))}
+        env = harness.agent_env()
         p = subprocess.run([CLI, "--config", config or self.config(), *args],
                            capture_output=True, env=env, timeout=60)
         out = p.stdout.decode() + p.stderr.decode()

@@ -53,25 +53,20 @@ import sys
 import tempfile
 import time
 import unittest
-import urllib.request
 import uuid
 from pathlib import Path
 
-SOURCE_DIR = Path(os.environ.get("NBE_SOURCE_DIR") or Path(__file__).resolve().parents[2])
-BUILD_DIR = Path(os.environ.get("NBE_BUILD_DIR") or SOURCE_DIR / "build")
-CLI = os.environ.get("NBE_CLI") or str(BUILD_DIR / "agent" / "nuvlabox-event")
-DAEMON = os.environ.get("NBE_DAEMON") or str(Path(CLI).parent / "nuvlabox-eventd")
-SHIM = os.environ.get("NBE_VFS_SHIM") or str(BUILD_DIR / "tests" / "fault" / "libnbe_vfs_shim.so")
-
 sys.dont_write_bytecode = True
-sys.path.insert(0, str(SOURCE_DIR / "tests" / "nuvla"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nuvla"))
 import harness  # noqa: E402
+from harness import CLI, DAEMON  # noqa: E402
+
+SHIM = os.environ.get("NBE_VFS_SHIM") or os.path.join(harness.BUILD_DIR, "tests", "fault",
+                                                      "libnbe_vfs_shim.so")
 
 SEED = int(os.environ.get("NBE_VFS_SEED") or random.SystemRandom().randrange(1 << 30))
 KEEP = os.environ.get("NBE_VFS_KEEP") == "1"
 EX_IOERR = 74
-AGENT_ENV = ("NUVLA", "NUVLAEDGE", "NOTIFY_", "WATCHDOG", "HOST_HOME", "RUNTIME_DIRECTORY",
-             "NBE_VFS_", "LD_PRELOAD")
 
 _H = None
 _DIR = None
@@ -88,28 +83,17 @@ def setUpModule():
     for what, path in (("CLI", CLI), ("shim", SHIM)):
         if not os.path.exists(path):
             raise unittest.SkipTest("no %s at %s (build first)" % (what, path))
-    _DIR = tempfile.mkdtemp(prefix="nbe-vfs-test-")
-    _H = harness.Harness(os.path.join(_DIR, "harness"), refresh_delay=0.2)
-    ENV.update(_H.start())
+    _DIR, _H = harness.start_for_tests("nbe-vfs-test-", refresh_delay=0.2)
+    ENV.update(_H.env)
     print("NBE_VFS_SEED=%d" % SEED, file=sys.stderr)
 
 
 def tearDownModule():
-    if _H is not None:
-        _H.stop()
-    if _DIR and not KEEP:
-        shutil.rmtree(_DIR, ignore_errors=True)
-    elif _DIR:
-        print("work directory kept: %s" % _DIR, file=sys.stderr)
+    harness.stop_for_tests(_DIR, _H, KEEP)
 
 
-def ctl(method, what, body=None):
-    req = urllib.request.Request(ENV["NUVLA_STANDIN_URL"] + "/_control/" + what, method=method,
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        raw = r.read()
-    return json.loads(raw) if raw.strip() else None
+def ctl(method, what, body=None, **query):
+    return harness.control(ENV, method, what, body, **query)
 
 
 def report(suite, **figures):
@@ -131,27 +115,16 @@ class Device:
         (self.root / "run").mkdir(exist_ok=True)
         self.secret = self.root / "api-secret"
         if not self.secret.exists():
-            fd = os.open(str(self.secret), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(ENV["NUVLA_TEST_API_SECRET"] + "\n")
-        self.conf = self.root / "agent.conf"
-        keys = {
-            "endpoint": ENV["NUVLA_GATEWAY_URL"],
-            "nuvlabox_id": ENV["NUVLA_TEST_NUVLABOX_ID"],
-            "ca_file": ENV["NUVLA_TEST_CA"],
-            "client_cert": ENV["NUVLA_TEST_CLIENT_CERT"],
-            "client_key": ENV["NUVLA_TEST_CLIENT_KEY"],
-            "api_key": ENV["NUVLA_TEST_API_KEY"],
-            "api_secret_file": str(self.secret),
-            "state_dir": str(self.state),
-            "nuvlaedge_dir": str(self.root / "nuvlaedge"),
-            "runtime_dir": str(self.root / "run"),
-            "request_timeout": "5s",
-            "retry_base": "100ms",
-            "authorized_keys": str(self.root / "home" / ".ssh" / "authorized_keys"),
-        }
-        self.conf.write_text("".join("%s = %s\n" % kv for kv in keys.items()))
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(AGENT_ENV)}
+            harness.write_secret(self.secret, ENV)
+        self.conf = harness.write_config(self.root / "agent.conf", harness.device_config(
+            ENV, self.secret,
+            state_dir=self.state,
+            nuvlaedge_dir=self.root / "nuvlaedge",
+            runtime_dir=self.root / "run",
+            request_timeout="5s",
+            retry_base="100ms",
+            authorized_keys=self.root / "home" / ".ssh" / "authorized_keys"))
+        self.env = harness.agent_env("NBE_VFS_", "LD_PRELOAD")
 
     def shim_env(self, **vfs):
         env = dict(self.env)

@@ -18,10 +18,10 @@ import unittest
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.dont_write_bytecode = True
-sys.path.insert(0, os.path.join(ROOT, "tests", "daemon"))
-from test_daemon import CLI, DaemonBase, http_json, make_ssh_keys, wait_for  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "daemon"))
+from test_daemon import CLI, DaemonBase, make_ssh_keys, wait_for  # noqa: E402
+import harness  # noqa: E402  (on the path test_daemon set)
 
 def read(path):
     with open(path, "rb") as f:
@@ -32,9 +32,6 @@ EX_USAGE, EX_DATAERR, EX_UNAVAILABLE, EX_NOPERM, EX_CONFIG = 64, 65, 69, 77, 78
 
 
 class LifecycleBase(DaemonBase):
-    def ctl(self, method, path, body=None):
-        return http_json(self.standin + "/_control/" + path, method, body)
-
     def new_nuvlabox(self, state="NEW"):
         return self.ctl("POST", "nuvlabox", {"state": state})["id"]
 
@@ -166,7 +163,7 @@ class ActivateTest(LifecycleBase):
         self.assertIn(b"no nuvlabox id", p.stderr)
 
     def test_killed_around_the_answer_never_leaves_a_half_written_credential(self):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NUVLA")}
+        env = harness.agent_env()
         rng = random.Random(int(os.environ.get("NBE_SEED", "6")))
         kills = int(os.environ.get("NBE_ACTIVATE_KILLS", "24"))
         outcomes = {"none": 0, "saved": 0, "issued but not saved (SIGKILL)": 0, "leftover": 0}
@@ -352,7 +349,7 @@ class JobTest(LifecycleBase):
         # RUNNING is accepted, its answer comes late; the owner cancels meanwhile
         self.ctl("POST", "faults", {"kind": "delay", "delay_ms": 1500, "when": "after",
                                     "count": 1, "method": "PUT", "path": "/api/" + jid})
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NUVLA")}
+        env = harness.agent_env()
         p = subprocess.Popen([CLI, "--config", self.conf, "job", "run", jid], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.assertTrue(wait_for(lambda: self.job_doc(jid)["state"] == "RUNNING", 5))

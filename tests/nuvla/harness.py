@@ -40,6 +40,11 @@ owner, event creation with a unique `event/$request_id`), with no stand-in
 in the path, for the drain benchmark (tests/bench/bench_drain.py). Without
 the option nothing of it exists.
 
+The test programs' shared preamble is here too (see "For the test
+programs" below): where the agent's programs are, a started harness per test
+module, the stand-in's control API, a device's secret file and agent.conf,
+and an environment without the variables the agent reads.
+
 Standard library only; works as root, without systemd.
 """
 
@@ -55,6 +60,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -614,6 +620,100 @@ def _write_private(path, text):
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(path + ".tmp", path)
+
+
+# ------------------------------------------------------ for the test programs
+
+SOURCE_DIR = os.environ.get("NBE_SOURCE_DIR") or os.path.dirname(os.path.dirname(HERE))
+BUILD_DIR = os.environ.get("NBE_BUILD_DIR") or os.path.join(SOURCE_DIR, "build")
+# ctest sets NBE_CLI (and NBE_DAEMON where a test runs the daemon)
+CLI = os.environ.get("NBE_CLI") or os.path.join(BUILD_DIR, "agent", "nuvlabox-event")
+DAEMON = os.environ.get("NBE_DAEMON") or os.path.join(os.path.dirname(CLI), "nuvlabox-eventd")
+
+# What the agent reads from its environment (DESIGN §8, systemd's notify and
+# watchdog): never inherited from the test's own.
+AGENT_ENV = ("NUVLA", "HOST_HOME", "RUNTIME_DIRECTORY", "NOTIFY_", "WATCHDOG")
+
+
+def agent_env(*more):
+    """os.environ without AGENT_ENV's variables, nor those starting with one
+    of @more."""
+    drop = AGENT_ENV + more
+    return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+
+
+def start_for_tests(prefix, **options):
+    """A new work directory and a Harness started in it (@options as
+    Harness's); returns (directory, harness). stop_for_tests() undoes it."""
+    directory = tempfile.mkdtemp(prefix=prefix)
+    h = Harness(os.path.join(directory, "harness"), **options)
+    try:
+        h.start()
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return directory, h
+
+
+def stop_for_tests(directory, h, keep=False):
+    """Stops @h and removes @directory, or says where it is with @keep."""
+    if h is not None:
+        h.stop()
+    if directory and not keep:
+        shutil.rmtree(directory, ignore_errors=True)
+    elif directory:
+        print("\nwork directory kept: %s" % directory, file=sys.stderr)
+
+
+def control(env, method, what, body=None, timeout=60, **query):
+    """The stand-in's control API (never through nginx): @method on
+    /_control/@what with a JSON @body; returns the JSON answer (None when
+    empty). An HTTP error fails the test with the stand-in's answer."""
+    url = env["NUVLA_STANDIN_URL"] + "/_control/" + what
+    if query:
+        url += "?" + urllib.parse.urlencode(query)
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw = r.read()
+    except urllib.error.HTTPError as e:
+        raise AssertionError("control %s %s: HTTP %d %s" % (method, what, e.code, e.read()[:500]))
+    return json.loads(raw) if raw.strip() else None
+
+
+def write_secret(path, env, newline=True):
+    """The seeded api key's secret in a new file @path, mode 0600."""
+    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(env["NUVLA_TEST_API_SECRET"] + ("\n" if newline else ""))
+    return path
+
+
+def device_config(env, secret_file, **keys):
+    """agent.conf keys of the seeded nuvlabox uploading through the mTLS
+    gateway with its client certificate and api key (secret in
+    @secret_file; None: no secret file), then @keys (a value None leaves
+    the key out)."""
+    out = {
+        "endpoint": env["NUVLA_GATEWAY_URL"],
+        "nuvlabox_id": env["NUVLA_TEST_NUVLABOX_ID"],
+        "ca_file": env["NUVLA_TEST_CA"],
+        "client_cert": env["NUVLA_TEST_CLIENT_CERT"],
+        "client_key": env["NUVLA_TEST_CLIENT_KEY"],
+        "api_key": env["NUVLA_TEST_API_KEY"],
+        "api_secret_file": None if secret_file is None else str(secret_file),
+    }
+    out.update(keys)
+    return out
+
+
+def write_config(path, keys):
+    """Writes @keys as `key = value` lines (None: left out); returns @path."""
+    with open(str(path), "w") as f:
+        f.write("".join("%s = %s\n" % (k, v) for k, v in keys.items() if v is not None))
+    return path
 
 
 # ------------------------------------------------------------------------ CLI

@@ -16,12 +16,10 @@ import tempfile
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.dont_write_bytecode = True
-sys.path.insert(0, os.path.join(ROOT, "tests", "nuvla"))
-from harness import Harness  # noqa: E402
-
-CLI = os.environ.get("NBE_CLI") or os.path.join(ROOT, "build", "agent", "nuvlabox-event")
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "nuvla"))
+import harness  # noqa: E402
+from harness import CLI  # noqa: E402
 UUID = "1c56a9b8-3e2f-4c1d-9b0a-7f6e5d4c3b2a"
 KEY = "credential/5c6d7e8f-9a0b-4c1d-8e2f-3a4b5c6d7e8f"
 SECRET = "s3cr3t:with:colons+and/slashes="
@@ -64,7 +62,7 @@ class NuvlaEdgeFiles(unittest.TestCase):
         return out
 
     def cli(self, *args, env=None):
-        e = {k: v for k, v in os.environ.items() if not k.startswith(("NUVLA", "HOST_HOME"))}
+        e = harness.agent_env()
         e.update(env or {})
         return subprocess.run([CLI, "--config", self.conf, *args], capture_output=True, env=e,
                               timeout=60)
@@ -162,10 +160,8 @@ class NuvlaEdgeLogin(unittest.TestCase):
     """The credential NuvlaEdge left works against the stand-in behind mTLS."""
 
     def test_irs2_credential_logs_in_and_uploads(self):
-        tmp = tempfile.mkdtemp(prefix="nbe-nuvlaedge-login-")
-        h = Harness(os.path.join(tmp, "h"))
+        tmp, h = harness.start_for_tests("nbe-nuvlaedge-login-")
         try:
-            h.start()
             e = h.env
             ne = os.path.join(tmp, "ne")
             os.mkdir(ne)
@@ -174,12 +170,12 @@ class NuvlaEdgeLogin(unittest.TestCase):
                 json.dump({"endpoint": e["NUVLA_GATEWAY_URL"], "insecure": False,
                            "irs2": irs2(uuid, e["NUVLA_TEST_API_KEY"], e["NUVLA_TEST_API_SECRET"]),
                            "nuvlaedge-uuid": e["NUVLA_TEST_NUVLABOX_ID"]}, f)
-            conf = os.path.join(tmp, "agent.conf")
-            with open(conf, "w") as f:
-                f.write(f"nuvlaedge_dir = {ne}\nstate_dir = {tmp}/state\n"
-                        f"ca_file = {e['NUVLA_TEST_CA']}\nclient_cert = {e['NUVLA_TEST_CLIENT_CERT']}\n"
-                        f"client_key = {e['NUVLA_TEST_CLIENT_KEY']}\n")
-            env = {k: v for k, v in os.environ.items() if not k.startswith("NUVLA")}
+            # the endpoint, the nuvlabox and its api key come from NuvlaEdge's file
+            conf = harness.write_config(
+                os.path.join(tmp, "agent.conf"),
+                harness.device_config(e, None, endpoint=None, nuvlabox_id=None, api_key=None,
+                                      nuvlaedge_dir=ne, state_dir=f"{tmp}/state"))
+            env = harness.agent_env()
             run = lambda *a: subprocess.run([CLI, "--config", conf, *a], capture_output=True,  # noqa
                                             env=env, timeout=60)
             p = run("doctor")
@@ -190,8 +186,7 @@ class NuvlaEdgeLogin(unittest.TestCase):
             p = run("flush", "--timeout", "20")
             self.assertEqual(p.returncode, 0, p.stderr)
         finally:
-            h.stop()
-            shutil.rmtree(tmp, ignore_errors=True)
+            harness.stop_for_tests(tmp, h)
 
 
 if __name__ == "__main__":

@@ -54,26 +54,18 @@ import sys
 import tempfile
 import time
 import unittest
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from pathlib import Path
 
-SOURCE_DIR = Path(os.environ.get("NBE_SOURCE_DIR") or Path(__file__).resolve().parents[2])
-CLI = os.environ.get("NBE_CLI") or str(SOURCE_DIR / "build" / "agent" / "nuvlabox-event")
-
 sys.dont_write_bytecode = True  # leave no __pycache__ in the source tree
-sys.path.insert(0, str(SOURCE_DIR / "tests" / "nuvla"))
-import harness  # noqa: E402  (the stand-in + nginx harness, reused as is)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nuvla"))
+import harness  # noqa: E402  (the stand-in + nginx harness, and the tests' shared preamble)
+from harness import CLI  # noqa: E402
 import schema  # noqa: E402  (the closed-schema validator)
 
 # sysexits.h
 EX_OK, EX_UNAVAILABLE, EX_TEMPFAIL, EX_NOPERM, EX_CONFIG = 0, 69, 75, 77, 78
-
-# Environment variables the CLI reads (DESIGN §8): never inherited.
-AGENT_ENV = ("NUVLA_ENDPOINT", "NUVLA_ENDPOINT_INSECURE", "NUVLAEDGE_UUID", "NUVLABOX_UUID",
-             "NUVLAEDGE_API_KEY", "NUVLAEDGE_API_SECRET", "HOST_HOME", "RUNTIME_DIRECTORY")
 
 REFRESH_DELAY = 1.0   # the stand-in's search refresh delay (harness default)
 NO_CERT = "No required SSL certificate was sent"
@@ -97,37 +89,16 @@ def setUpModule():
     global _H, _DIR
     if not os.access(CLI, os.X_OK):
         raise unittest.SkipTest("no CLI at %s (build first, or set NBE_CLI)" % CLI)
-    _DIR = tempfile.mkdtemp(prefix="nbe-upload-test-")
-    unittest.addModuleCleanup(_cleanup)
-    _H = harness.Harness(os.path.join(_DIR, "harness"), refresh_delay=REFRESH_DELAY)
-    ENV.update(_H.start())
-
-
-def _cleanup():
-    if _H is not None:
-        _H.stop()
-    if _DIR and not KEEP:
-        shutil.rmtree(_DIR, ignore_errors=True)
-    elif _DIR:
-        print("\nwork directory kept: %s" % _DIR, file=sys.stderr)
+    _DIR, _H = harness.start_for_tests("nbe-upload-test-", refresh_delay=REFRESH_DELAY)
+    unittest.addModuleCleanup(harness.stop_for_tests, _DIR, _H, KEEP)
+    ENV.update(_H.env)
 
 
 # ----------------------------------------------------------------- helpers
 
 def ctl(method, what, body=None, **query):
     """The stand-in's control API (never through nginx)."""
-    url = ENV["NUVLA_STANDIN_URL"] + "/_control/" + what
-    if query:
-        url += "?" + urllib.parse.urlencode(query)
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"} if data else {})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            raw = r.read()
-    except urllib.error.HTTPError as e:
-        raise AssertionError("control %s %s: HTTP %d %s" % (method, what, e.code, e.read()[:500]))
-    return json.loads(raw) if raw.strip() else None
+    return harness.control(ENV, method, what, body, **query)
 
 
 def parse_time(iso):
@@ -170,11 +141,8 @@ class UploadCase(unittest.TestCase):
         self.state = self.tmp / "state"
         (self.tmp / "nuvlaedge").mkdir()
         (self.tmp / "run").mkdir()
-        self.secret = self.tmp / "api-secret"
-        fd = os.open(str(self.secret), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(ENV["NUVLA_TEST_API_SECRET"] + "\n")
-        self.env = {k: v for k, v in os.environ.items() if k not in AGENT_ENV}
+        self.secret = harness.write_secret(self.tmp / "api-secret", ENV)
+        self.env = harness.agent_env()
         self.conf = self.write_config()
         self.children = []
         self.addCleanup(self._reap_children)
@@ -202,24 +170,12 @@ class UploadCase(unittest.TestCase):
     # ---- config and CLI -----------------------------------------------------
 
     def write_config(self, name="agent.conf", **over):
-        keys = {
-            "endpoint": ENV["NUVLA_GATEWAY_URL"],
-            "nuvlabox_id": ENV["NUVLA_TEST_NUVLABOX_ID"],
-            "ca_file": ENV["NUVLA_TEST_CA"],
-            "client_cert": ENV["NUVLA_TEST_CLIENT_CERT"],
-            "client_key": ENV["NUVLA_TEST_CLIENT_KEY"],
-            "api_key": ENV["NUVLA_TEST_API_KEY"],
-            "api_secret_file": str(self.secret),
-            "state_dir": str(self.state),
-            "nuvlaedge_dir": str(self.tmp / "nuvlaedge"),
-            "runtime_dir": str(self.tmp / "run"),
-            "request_timeout": "10s",
-        }
+        keys = harness.device_config(ENV, self.secret, state_dir=self.state,
+                                     nuvlaedge_dir=self.tmp / "nuvlaedge",
+                                     runtime_dir=self.tmp / "run", request_timeout="10s")
         keys.update(self.config)
         keys.update(over)
-        path = self.tmp / name
-        path.write_text("".join("%s = %s\n" % (k, v) for k, v in keys.items() if v is not None))
-        return path
+        return harness.write_config(self.tmp / name, keys)
 
     def cli(self, *args, conf=None, timeout=120):
         cmd = WRAPPER + [CLI, "--config", str(conf or self.conf)] + list(args)
