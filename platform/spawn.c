@@ -31,7 +31,8 @@ static void close_fds(unsigned first, unsigned last)
 	struct rlimit rl;
 	unsigned max = 65536;
 
-	if (first > last || close_range(first, last, 0) == 0)
+	/* the system call: musl has no close_range() wrapper */
+	if (first > last || syscall(SYS_close_range, first, last, 0) == 0)
 		return;
 	/* a kernel before 5.9: every fd the limit allows */
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < max)
