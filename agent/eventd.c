@@ -482,6 +482,15 @@ static bool in_our_group(uid_t uid)
 	return false;
 }
 
+/* CMSG_NXTHDR() of musl converts a negative long to size_t (-Wsign-conversion) */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wsign-conversion"
+static struct cmsghdr *next_cmsg(struct msghdr *mh, struct cmsghdr *cm)
+{
+	return CMSG_NXTHDR(mh, cm);
+}
+#pragma GCC diagnostic pop
+
 /* Reads the notify socket: who may poke us, and what they want. */
 static void read_notify(struct daemon *d)
 {
@@ -499,7 +508,7 @@ static void read_notify(struct daemon *d)
 		if (n < 0)
 			return; /* EAGAIN: drained */
 		data[n] = '\0';
-		for (cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+		for (cm = CMSG_FIRSTHDR(&mh); cm; cm = next_cmsg(&mh, cm)) {
 			if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_CREDENTIALS)
 				cred = (struct ucred *)CMSG_DATA(cm);
 		}
