@@ -5,7 +5,7 @@
 #
 #   prefix=$(bash .ci/build-static-musl "$PWD/build-static-prefix")
 #   cmake -S . -B build-static -G Ninja -DCMAKE_TOOLCHAIN_FILE=cmake/musl-static.cmake \
-#         -DNBE_STATIC_PREFIX="$prefix" -DNBE_WERROR=ON
+#         -DNBE_STATIC_PREFIX="$prefix" -DCMAKE_BUILD_TYPE=MinSizeRel -DNBE_WERROR=ON
 #
 # The unit tests (cmocka), the fuzz harnesses and the fault shims are not
 # built: they run on the glibc builds; the integration tests run on this one.
@@ -36,5 +36,8 @@ set(ENV{PKG_CONFIG_LIBDIR} "${NBE_STATIC_PREFIX}/lib/pkgconfig")
 set(ENV{PKG_CONFIG_PATH} "")
 # the Linux UAPI headers (linux/, asm/) the prefix holds, for every target
 set(CMAKE_C_STANDARD_INCLUDE_DIRECTORIES "${NBE_STATIC_PREFIX}/include")
-set(CMAKE_EXE_LINKER_FLAGS_INIT "-static")
+# one section per function and data object, and the link keeps only what is
+# used: the code of a static program is resident, not shared (README)
+set(CMAKE_C_FLAGS_INIT "-ffunction-sections -fdata-sections")
+set(CMAKE_EXE_LINKER_FLAGS_INIT "-static -Wl,--gc-sections")
 set(NBE_STATIC ON)
