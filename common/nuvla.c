@@ -19,12 +19,27 @@
 
 #define COOKIE_FILE_MAX (64 * 1024)
 
+/*
+ * What a handle is set up for: a handle is reused as it is only for a
+ * request of the same kind (POST or GET); any other change of method, and
+ * every request of another method (PUT, ...), gets a fresh handle. Not
+ * curl_easy_reset(): Debian's libcurl 7.88.1 (with the CVE-2023-38546 fix)
+ * loses the CURLOPT_COOKIEFILE list there, a leak per reset.
+ */
+enum xfer_kind { KIND_NONE, KIND_POST, KIND_GET, KIND_OTHER };
+
+/*
+ * One request, and between requests an idle handle in the client's pool
+ * with every option that does not change from one request to the next.
+ */
 struct transfer {
 	struct nbe_nuvla *n;
 	CURL *easy;
-	struct curl_slist *headers;
+	enum xfer_kind kind;
+	bool attached; /* added to n->multi */
+	char *path;    /* the path the handle's URL was set for, or NULL */
 	char *req_body;
-	size_t req_len, req_off; /* how much of the body libcurl has read */
+	size_t req_len, req_cap, req_off; /* how much of the body libcurl has read */
 	char *resp;
 	size_t resp_len, resp_cap;
 	bool too_big;
@@ -47,6 +62,10 @@ struct nbe_nuvla {
 	int in_flight;
 	bool has_session;
 	struct transfer *transfers;
+	struct transfer *idle; /* handles ready for reuse, at most max_in_flight */
+	long nidle;
+	struct curl_slist *hdr_plain, *hdr_json; /* the request headers, built once */
+
 	bool poisoned; /* a request went out and its fate is unknown */
 	int wake_fds[4];
 	unsigned nwake;
@@ -432,18 +451,12 @@ static int configure_multi(struct nbe_nuvla *n)
 	return 0;
 }
 
-/* Closes every connection (with a reset, see on_sockopt()): nothing queued
- * on them can reach the server later. Only with nothing in flight. */
-static void drop_connections(struct nbe_nuvla *n)
+/* Wipes and forgets the request body (the login body holds the api secret). */
+static void wipe_body(struct transfer *t)
 {
-	CURLM *fresh = curl_multi_init();
-
-	if (!fresh)
-		return; /* keep the old one; the next in-doubt outcome tries again */
-	curl_multi_cleanup(n->multi);
-	n->multi = fresh;
-	if (configure_multi(n) == 0)
-		n->poisoned = false;
+	if (t->req_body)
+		explicit_bzero(t->req_body, t->req_cap);
+	t->req_len = t->req_off = 0;
 }
 
 static void transfer_free(struct transfer *t)
@@ -451,16 +464,48 @@ static void transfer_free(struct transfer *t)
 	if (!t)
 		return;
 	if (t->easy) {
-		if (t->n)
+		if (t->attached)
 			curl_multi_remove_handle(t->n->multi, t->easy);
 		curl_easy_cleanup(t->easy);
 	}
-	curl_slist_free_all(t->headers);
-	if (t->req_body) /* the login body holds the api secret */
-		explicit_bzero(t->req_body, strlen(t->req_body));
+	wipe_body(t);
 	nbe_free(t->req_body);
+	nbe_free(t->path);
 	nbe_free(t->resp);
 	nbe_free(t);
+}
+
+/* Frees the idle handles: nothing of them is left to a later request. */
+static void free_idle(struct nbe_nuvla *n)
+{
+	while (n->idle) {
+		struct transfer *t = n->idle;
+		n->idle = t->next;
+		transfer_free(t);
+	}
+	n->nidle = 0;
+}
+
+void nbe_nuvla_trim(struct nbe_nuvla *n)
+{
+	if (n)
+		free_idle(n);
+}
+
+/* Closes every connection (with a reset, see on_sockopt()): nothing queued
+ * on them can reach the server later. Only with nothing in flight. The idle
+ * handles go too: after a failure, requests start from fresh handles. */
+static void drop_connections(struct nbe_nuvla *n)
+{
+	CURLM *fresh = curl_multi_init();
+
+	free_idle(n);
+	if (!fresh)
+		return; /* keep the old one; the next in-doubt outcome tries again */
+	curl_multi_cleanup(n->multi);
+	n->multi = fresh;
+	if (configure_multi(n) == 0)
+		n->poisoned = false;
 }
 
 static void unlink_transfer(struct nbe_nuvla *n, struct transfer *t)
@@ -473,9 +518,14 @@ static void unlink_transfer(struct nbe_nuvla *n, struct transfer *t)
 	}
 }
 
-/* Options every handle gets. */
-static int setup_easy(struct nbe_nuvla *n, CURL *e)
+/*
+ * Every option a handle of @kind gets whatever its request: the client's
+ * settings, the callbacks (their data is @t, which lives as long as its
+ * handle) and the method.
+ */
+static CURLcode setup_easy(struct nbe_nuvla *n, struct transfer *t, enum xfer_kind kind)
 {
+	CURL *e = t->easy;
 	CURLcode c = CURLE_OK;
 
 #define SET(opt, val)                                                                              \
@@ -490,6 +540,9 @@ static int setup_easy(struct nbe_nuvla *n, CURL *e)
 	SET(CURLOPT_TIMEOUT_MS, (long)n->request_timeout_ms);
 	SET(CURLOPT_SSL_VERIFYPEER, n->insecure ? 0L : 1L);
 	SET(CURLOPT_SSL_VERIFYHOST, n->insecure ? 0L : 2L);
+	/* as with a fresh handle per request: every new connection makes a
+	 * full handshake, none resumes a session an earlier one left */
+	SET(CURLOPT_SSL_SESSIONID_CACHE, 0L);
 	if (n->ca_file)
 		SET(CURLOPT_CAINFO, n->ca_file);
 	if (n->client_cert) {
@@ -503,110 +556,177 @@ static int setup_easy(struct nbe_nuvla *n, CURL *e)
 	SET(CURLOPT_TCP_KEEPALIVE, 1L);
 	SET(CURLOPT_SOCKOPTFUNCTION, on_sockopt);
 	SET(CURLOPT_USERAGENT, n->user_agent);
-#undef SET
-	if (c == CURLE_OK)
-		return 0;
-	return c == CURLE_OUT_OF_MEMORY ? -ENOMEM : -EINVAL;
-}
-
-int nbe_nuvla_start(struct nbe_nuvla *n, const char *method, const char *path, const char *body,
-		    nbe_nuvla_done_fn done, void *userdata, struct nbe_error *err)
-{
-	struct transfer *t;
-	char *url = NULL;
-	size_t ul;
-	CURLcode c = CURLE_OK;
-	int r = -ENOMEM;
-
-	if (n->in_flight >= n->max_in_flight)
-		return nbe_error_set(err, -EBUSY, "%d requests in flight already", n->in_flight);
-	t = nbe_calloc(1, sizeof(*t));
-	if (!t)
-		goto err;
-	t->n = n;
-	t->done = done;
-	t->userdata = userdata;
-	t->retry_after_s = -1;
-	t->easy = curl_easy_init();
-	if (!t->easy)
-		goto err_free;
-	ul = strlen(n->endpoint) + strlen(path) + 1;
-	url = nbe_malloc(ul);
-	if (!url)
-		goto err_free;
-	snprintf(url, ul, "%s%s", n->endpoint, path);
-	if (!(t->headers = curl_slist_append(NULL, "Accept: application/json")))
-		goto err_free;
-	if (body) {
-		struct curl_slist *h =
-			curl_slist_append(t->headers, "Content-Type: application/json");
-		if (!h)
-			goto err_free;
-		t->headers = h;
-		t->req_body = nbe_strdup(body);
-		if (!t->req_body)
-			goto err_free;
-	}
-	r = setup_easy(n, t->easy);
-	if (r < 0) {
-		nbe_error_set(err, r, "setting up a request failed%s",
-			      r == -ENOMEM ? ": out of memory" : "");
-		goto err_free_set;
-	}
-#define SET(opt, val)                                                                              \
-	do {                                                                                       \
-		if (c == CURLE_OK)                                                                 \
-			c = curl_easy_setopt(t->easy, opt, val);                                   \
-	} while (0)
-	SET(CURLOPT_URL, url);
-	SET(CURLOPT_HTTPHEADER, t->headers);
 	SET(CURLOPT_WRITEFUNCTION, on_body);
 	SET(CURLOPT_WRITEDATA, t);
 	SET(CURLOPT_HEADERFUNCTION, on_header);
 	SET(CURLOPT_HEADERDATA, t);
 	SET(CURLOPT_ERRORBUFFER, t->errbuf);
 	SET(CURLOPT_PRIVATE, t);
-	if (strcmp(method, "POST") == 0) {
-		t->req_len = t->req_body ? strlen(t->req_body) : 0;
+	if (kind == KIND_POST) {
 		SET(CURLOPT_POST, 1L);
 		SET(CURLOPT_READFUNCTION, on_read);
 		SET(CURLOPT_READDATA, t);
 		SET(CURLOPT_SEEKFUNCTION, on_seek);
 		SET(CURLOPT_SEEKDATA, t);
-		SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)t->req_len);
-	} else if (strcmp(method, "GET") != 0) {
-		SET(CURLOPT_CUSTOMREQUEST, method);
-		if (t->req_body) {
-			SET(CURLOPT_POSTFIELDS, t->req_body);
-			SET(CURLOPT_POSTFIELDSIZE, (long)strlen(t->req_body));
-		}
 	}
 #undef SET
-	nbe_free(url);
-	url = NULL;
+	return c;
+}
+
+static enum xfer_kind kind_of(const char *method)
+{
+	if (strcmp(method, "POST") == 0)
+		return KIND_POST;
+	if (strcmp(method, "GET") == 0)
+		return KIND_GET;
+	return KIND_OTHER;
+}
+
+/* Sets @t up for one request: an idle handle of the same kind keeps its
+ * options, any other is replaced by a fresh one. */
+static CURLcode prepare(struct nbe_nuvla *n, struct transfer *t, const char *method,
+			const char *path, const char *body)
+{
+	enum xfer_kind kind = kind_of(method);
+	CURLcode c = CURLE_OK;
+
+	if (t->kind != kind || kind == KIND_OTHER) {
+		if (t->kind != KIND_NONE) {
+			curl_easy_cleanup(t->easy);
+			t->easy = curl_easy_init();
+			if (!t->easy)
+				return CURLE_OUT_OF_MEMORY;
+		}
+		t->kind = KIND_NONE;
+		nbe_free(t->path);
+		t->path = NULL;
+		c = setup_easy(n, t, kind);
+		if (c != CURLE_OK)
+			return c;
+		t->kind = kind;
+	}
+	/* what a previous request left in the transfer */
+	t->req_len = t->req_off = 0;
+	t->resp_len = 0;
+	t->too_big = false;
+	t->retry_after_s = -1;
+	t->errbuf[0] = '\0';
+	if (!t->path || strcmp(t->path, path) != 0) {
+		size_t ul = strlen(n->endpoint) + strlen(path) + 1;
+		char *url = nbe_malloc(ul);
+
+		nbe_free(t->path);
+		t->path = NULL;
+		if (!url)
+			return CURLE_OUT_OF_MEMORY;
+		snprintf(url, ul, "%s%s", n->endpoint, path);
+		c = curl_easy_setopt(t->easy, CURLOPT_URL, url); /* libcurl copies it */
+		nbe_free(url);
+		if (c != CURLE_OK)
+			return c;
+		t->path = nbe_strdup(path); /* when it fails, the URL is set again next time */
+	}
+	c = curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, body ? n->hdr_json : n->hdr_plain);
+	if (c != CURLE_OK)
+		return c;
+	if (body) {
+		size_t len = strlen(body);
+
+		if (len + 1 > t->req_cap) {
+			char *p = nbe_malloc(len + 1);
+
+			if (!p)
+				return CURLE_OUT_OF_MEMORY;
+			wipe_body(t);
+			nbe_free(t->req_body);
+			t->req_body = p;
+			t->req_cap = len + 1;
+		}
+		memcpy(t->req_body, body, len + 1);
+		t->req_len = len;
+	}
+	if (kind == KIND_POST)
+		return curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE,
+					(curl_off_t)t->req_len);
+	if (kind == KIND_OTHER) {
+		c = curl_easy_setopt(t->easy, CURLOPT_CUSTOMREQUEST, method);
+		if (c == CURLE_OK && body)
+			c = curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, t->req_body);
+		if (c == CURLE_OK && body)
+			c = curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE, (long)t->req_len);
+	}
+	return c;
+}
+
+int nbe_nuvla_start(struct nbe_nuvla *n, const char *method, const char *path, const char *body,
+		    nbe_nuvla_done_fn done, void *userdata, struct nbe_error *err)
+{
+	struct transfer *t;
+	CURLcode c;
+
+	if (n->in_flight >= n->max_in_flight)
+		return nbe_error_set(err, -EBUSY, "%d requests in flight already", n->in_flight);
+	t = n->idle;
+	if (t) {
+		n->idle = t->next;
+		n->nidle--;
+		t->next = NULL;
+	} else {
+		t = nbe_calloc(1, sizeof(*t));
+		if (!t)
+			return nbe_error_set(err, -ENOMEM, "out of memory");
+		t->n = n;
+		t->easy = curl_easy_init();
+		if (!t->easy) {
+			transfer_free(t);
+			return nbe_error_set(err, -ENOMEM, "out of memory");
+		}
+	}
+	t->done = done;
+	t->userdata = userdata;
+	c = prepare(n, t, method, path, body);
 	if (c != CURLE_OK) {
-		r = nbe_error_set(err, c == CURLE_OUT_OF_MEMORY ? -ENOMEM : -EINVAL,
-				  "setting up a request: %s", curl_easy_strerror(c));
-		goto err_free_set;
+		/* a handle half set up is not reused */
+		transfer_free(t);
+		return nbe_error_set(err, c == CURLE_OUT_OF_MEMORY ? -ENOMEM : -EINVAL,
+				     "setting up a request: %s", curl_easy_strerror(c));
 	}
 	if (curl_multi_add_handle(n->multi, t->easy) != CURLM_OK) {
-		r = nbe_error_set(err, -ENOMEM, "cannot start a request");
-		goto err_free_set;
+		transfer_free(t);
+		return nbe_error_set(err, -ENOMEM, "cannot start a request");
 	}
+	t->attached = true;
 	t->next = n->transfers;
 	n->transfers = t;
 	n->in_flight++;
 	return 0;
+}
 
-err_free:
-	nbe_error_set(err, -ENOMEM, "out of memory");
-err_free_set:
-	nbe_free(url);
-	t->n = NULL; /* not added to the multi handle */
-	transfer_free(t);
-	return r;
-err:
-	return nbe_error_set(err, -ENOMEM, "out of memory");
+/*
+ * After its callback: a transfer that completed keeps its handle for the
+ * next request (its body wiped); any other is freed, so no error state of
+ * libcurl's is ever carried into another request.
+ */
+static void finish_transfer(struct nbe_nuvla *n, struct transfer *t, CURLcode result)
+{
+	bool keep = result == CURLE_OK && !t->too_big && n->nidle < n->max_in_flight;
+
+	if (keep && curl_multi_remove_handle(n->multi, t->easy) != CURLM_OK)
+		keep = false;
+	if (!keep) {
+		transfer_free(t);
+		return;
+	}
+	t->attached = false;
+	wipe_body(t);
+	nbe_free(t->resp);
+	t->resp = NULL;
+	t->resp_cap = 0;
+	t->done = NULL;
+	t->userdata = NULL;
+	t->next = n->idle;
+	n->idle = t;
+	n->nidle++;
 }
 
 void nbe_nuvla_set_interrupt(struct nbe_nuvla *n, const int *fds, unsigned nfds,
@@ -661,20 +781,22 @@ int nbe_nuvla_perform(struct nbe_nuvla *n, int timeout_ms, struct nbe_error *err
 	while ((msg = curl_multi_info_read(n->multi, &left)) != NULL) {
 		struct nbe_http_response resp = { 0 };
 		struct transfer *t = NULL;
+		CURLcode result;
 
 		if (msg->msg != CURLMSG_DONE)
 			continue;
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
 		if (!t)
 			continue;
-		classify(t, msg->data.result, &resp);
+		result = msg->data.result;
+		classify(t, result, &resp);
 		if (resp.cls == NBE_HTTP_IN_DOUBT)
 			n->poisoned = true;
 		unlink_transfer(n, t);
 		n->in_flight--;
 		t->done(t->userdata, &resp);
 		nbe_http_response_clear(&resp);
-		transfer_free(t);
+		finish_transfer(n, t, result);
 	}
 	if (n->poisoned && n->in_flight == 0)
 		drop_connections(n);
@@ -713,6 +835,10 @@ int nbe_nuvla_request(struct nbe_nuvla *n, const char *method, const char *path,
 			return r;
 		}
 	}
+	/* one request now and then (a heartbeat, a look-up, a login): no
+	 * handle is kept for it, as no handle outlived its request before */
+	if (n->in_flight == 0)
+		free_idle(n);
 	return 0;
 }
 
@@ -854,8 +980,11 @@ void nbe_nuvla_free(struct nbe_nuvla *n)
 		n->transfers = t->next;
 		transfer_free(t);
 	}
+	free_idle(n);
 	curl_multi_cleanup(n->multi);
 	curl_share_cleanup(n->share);
+	curl_slist_free_all(n->hdr_plain);
+	curl_slist_free_all(n->hdr_json);
 	nbe_free(n->endpoint);
 	nbe_free(n->ca_file);
 	nbe_free(n->client_cert);
@@ -897,6 +1026,10 @@ int nbe_nuvla_new(const struct nbe_nuvla_opts *opts, struct nbe_nuvla **ret, str
 	n->multi = curl_multi_init();
 	n->share = curl_share_init();
 	if (!n->multi || !n->share)
+		goto err_oom;
+	if (!(n->hdr_plain = curl_slist_append(NULL, "Accept: application/json")) ||
+	    !(n->hdr_json = curl_slist_append(NULL, "Accept: application/json")) ||
+	    !curl_slist_append(n->hdr_json, "Content-Type: application/json"))
 		goto err_oom;
 	if (curl_share_setopt(n->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_COOKIE) != CURLSHE_OK ||
 	    configure_multi(n) < 0) {

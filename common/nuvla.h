@@ -81,6 +81,13 @@ typedef bool (*nbe_nuvla_interrupt_fn)(void *userdata);
 void nbe_nuvla_set_interrupt(struct nbe_nuvla *n, const int *fds, unsigned nfds,
 			     nbe_nuvla_interrupt_fn fn, void *userdata);
 
+/*
+ * Frees the handles kept for reuse between requests (a request started with
+ * nbe_nuvla_start() leaves its libcurl handle, set up, for the next one; at
+ * most max_in_flight are kept). Costs nothing but the next request's setup.
+ */
+void nbe_nuvla_trim(struct nbe_nuvla *n);
+
 /* Abandons every request in flight without calling their callbacks. */
 void nbe_nuvla_abort_all(struct nbe_nuvla *n);
 
@@ -93,7 +100,11 @@ int nbe_nuvla_in_flight(const struct nbe_nuvla *n);
  */
 int nbe_nuvla_perform(struct nbe_nuvla *n, int timeout_ms, struct nbe_error *err);
 
-/* Runs one request to completion. @ret is filled (clear it afterwards). */
+/*
+ * Runs one request to completion. @ret is filled (clear it afterwards).
+ * With nothing else in flight, no handle is kept afterwards (see
+ * nbe_nuvla_trim()).
+ */
 int nbe_nuvla_request(struct nbe_nuvla *n, const char *method, const char *path, const char *body,
 		      struct nbe_http_response *ret, struct nbe_error *err);
 

@@ -838,6 +838,8 @@ int nbe_uploader_round(struct nbe_uploader *up, int64_t deadline_ms, nbe_upload_
 {
 	int rc = round_inner(up, deadline_ms, fn, userdata, res, err);
 
+	/* the handles kept for the round's requests are not kept while idle */
+	nbe_nuvla_trim(up->o.nuvla);
 	if (rc < 0) {
 		/* what was in flight may have been stored: the in-flight mark
 		 * still covers it, and the next round looks it up first */

@@ -686,6 +686,75 @@ class TestFailureClasses(UploadCase):
                              "received" % i)
 
 
+# ======================================================== reused handles
+
+class TestReusedHandles(UploadCase):
+    """The client keeps a finished request's libcurl handle for the next one
+    (common/nuvla.c): no request may carry the method, body, headers, session
+    or outcome of the one before it on the same handle."""
+
+    config = {"max_in_flight": 4, "retry_base": "100ms", "retry_cap": "200ms"}
+
+    def test_requests_carry_nothing_from_the_last(self):
+        first = self.record("test.first")
+        self.flush_ok(20)                       # a session exists now
+        seq0 = self.last_request_seq()
+        # a 403 (a new login: another path, another body), a 429 with
+        # Retry-After and a 500 after storing (kept handles: HTTP answers),
+        # the look-up that follows (a GET on a handle that posted)
+        self.fault(kind="status", status=403, message="invalid credentials for 'x'",
+                   method="POST", path="/api/event")
+        self.fault(kind="status", status=429, retry_after=1, method="POST", path="/api/event")
+        self.fault(kind="status", status=500, process=True, method="POST", path="/api/event")
+        # long and short bodies in turn: a short one after a long one on the
+        # same handle must go out alone
+        ids = []
+        for i in range(18):
+            if i % 3 == 0:
+                ids.append(self.record("test.long", "--message", "%d" % i + "x" * 3000))
+            else:
+                ids.append(self.record("test.tick", "--detail", "n=%d" % i))
+        self.flush_ok(60)
+        self.assert_delivered_once([first] + ids)
+        self.assertEqual(len(self.sessions_posted(seq0)), 1, "expected one new login")
+        seen = self.requests(since=seq0)
+        statuses = [r["status"] for r in seen if r["path"] == "/api/event"
+                    and r["method"] == "POST"]
+        for st in (403, 429, 500):
+            self.assertIn(st, statuses, "the %d was never answered" % st)
+        self.assertTrue(any(r["method"] == "GET" and r["path"] == "/api/event" for r in seen),
+                        "the event answered 500 was never looked up")
+        received = {}
+        for r in seen:
+            what = "#%s %s %s%s" % (r["seq"], r["method"], r["path"],
+                                   "?" + r["query"] if r["query"] else "")
+            if r["method"] == "GET":
+                self.assertEqual(r["body_bytes"], 0, what + ": a GET with a body")
+                self.assertIsNone(r["content_type"], what + ": a GET with a Content-Type")
+            else:
+                self.assertEqual(r["method"], "POST", what)
+                self.assertEqual(r["content_type"], "application/json", what)
+                self.assertIsNone(r["body_note"], what + ": body not JSON")
+                self.assertIsInstance(r["body"], dict, what)
+            if r["path"] == "/api/session":
+                self.assertEqual(r["body"]["template"]["href"], "session-template/api-key",
+                                 what)
+                self.assertFalse(r["cookie"], what + ": the old session sent to log in")
+                continue
+            self.assertTrue(r["cookie"], what + ": no session cookie")
+            if r["path"] == "/api/event" and r["method"] == "POST":
+                self.assertNotIn("template", r["body"], what + ": the login body")
+                if r["status"] in (201, 500):
+                    self.assertIsNotNone(r["identity"], what + ": not the device's session")
+                # the last post of an event is the one stored (201, or 500
+                # after storing it)
+                received[device_id_of(r["body"])] = r["body"]
+        for i in ids:
+            self.assertEqual(self.show(i)["wire"], received[i],
+                             "the body the server received for %s is not its own" % i)
+        self.assert_idle()
+
+
 # ======================================================== session expiry
 
 class TestSessionExpiry(UploadCase):
