@@ -32,6 +32,9 @@
 #define ACK_MAX_AGE_MS 200
 /* reap() leaves fewer than ACK_BATCH, then up to MAX_SLOTS answers come */
 #define ACK_CAP (ACK_BATCH + MAX_SLOTS)
+/* Whether the clock is synchronised is read at the start of each round and
+ * at most this often within one (two system calls: not once per event). */
+#define SYNC_CHECK_MS 1000
 
 struct slot {
 	bool used, done;
@@ -58,6 +61,8 @@ struct nbe_uploader {
 	char *ack_owned[2 * ACK_CAP];
 	size_t nacks;
 	int64_t acks_since_ms; /* monotonic time of the oldest of them */
+	bool synced;	       /* the clock was synchronised ... */
+	int64_t synced_at_ms;  /* ... at this monotonic time, 0: read again */
 };
 
 const char *nbe_upload_state_for(enum nbe_upload_fail f)
@@ -331,6 +336,18 @@ static int64_t restamp(const struct nbe_uploader *up, const struct nbe_event *ev
 	return now_ms - (nbe_clock_boottime_ms() - ev->boottime_ms);
 }
 
+/* Whether the wall clock is synchronised, read at most every SYNC_CHECK_MS. */
+static bool clock_synced(struct nbe_uploader *up)
+{
+	int64_t now = nbe_clock_monotonic_ms();
+
+	if (up->synced_at_ms == 0 || now - up->synced_at_ms >= SYNC_CHECK_MS) {
+		up->synced = nbe_clock_synced(up->timesync_file);
+		up->synced_at_ms = now > 0 ? now : 1;
+	}
+	return up->synced;
+}
+
 /* Builds the body and starts the POST of @ev. *ret_wait when its parent has
  * no server id yet. */
 static int dispatch(struct nbe_uploader *up, const struct nbe_event *ev, bool *ret_wait,
@@ -367,7 +384,7 @@ static int dispatch(struct nbe_uploader *up, const struct nbe_event *ev, bool *r
 	ctx.agent_version = up->agent_version;
 	ctx.parent_href = parent;
 	ctx.now_ms = nbe_clock_wall_ms();
-	ctx.now_synced = nbe_clock_synced(up->timesync_file);
+	ctx.now_synced = clock_synced(up);
 	ctx.restamp_ms = restamp(up, ev, ctx.now_synced, ctx.now_ms);
 	rc = nbe_wire_build(ev, &ctx, &body, err);
 	if (rc == -EMSGSIZE || rc == -EINVAL) {
@@ -642,6 +659,7 @@ static int round_inner(struct nbe_uploader *up, int64_t deadline_ms, nbe_upload_
 	memset(res, 0, sizeof(*res));
 	memset(q, 0, sizeof(q));
 	res->retry_after_ms = -1;
+	up->synced_at_ms = 0; /* read the clock's state afresh */
 	if (!up->nuvlabox_id || !up->api_key || !up->api_secret) {
 		set_fail(res, NBE_FAIL_CONFIG, "%s",
 			 !up->nuvlabox_id ? "the nuvlabox id is not known (nuvlabox_id)"
