@@ -468,8 +468,7 @@ static void transfer_free(struct transfer *t)
 			curl_multi_remove_handle(t->n->multi, t->easy);
 		curl_easy_cleanup(t->easy);
 	}
-	wipe_body(t);
-	nbe_free(t->req_body);
+	nbe_free_secret(t->req_body, t->req_cap); /* the login body holds the api secret */
 	nbe_free(t->path);
 	nbe_free(t->resp);
 	nbe_free(t);
@@ -637,8 +636,7 @@ static CURLcode prepare(struct nbe_nuvla *n, struct transfer *t, const char *met
 
 			if (!p)
 				return CURLE_OUT_OF_MEMORY;
-			wipe_body(t);
-			nbe_free(t->req_body);
+			nbe_free_secret(t->req_body, t->req_cap);
 			t->req_body = p;
 			t->req_cap = len + 1;
 		}
@@ -873,8 +871,7 @@ static void load_jar(struct nbe_nuvla *n)
 		}
 		curl_easy_cleanup(e);
 	}
-	explicit_bzero(text, len);
-	nbe_free(text);
+	nbe_free_secret(text, len);
 }
 
 /* Writes the cookie store to the jar: atomically, mode 0600. */
@@ -913,8 +910,7 @@ static int save_jar(struct nbe_nuvla *n)
 	curl_slist_free_all(list);
 	curl_easy_cleanup(e);
 	r = nbe_write_file_atomic(n->cookie_file, text, off, 0600);
-	explicit_bzero(text, off);
-	nbe_free(text);
+	nbe_free_secret(text, off);
 	return r;
 }
 
@@ -954,8 +950,7 @@ int nbe_nuvla_login(struct nbe_nuvla *n, const char *key, const char *secret,
 	cJSON_Delete(body);
 	nbe_nuvla_drop_session(n);
 	r = nbe_nuvla_request(n, "POST", "/api/session", text, ret, err);
-	explicit_bzero(text, strlen(text));
-	nbe_free(text);
+	nbe_free_secret_str(text);
 	if (r < 0)
 		return r;
 	if (ret->cls == NBE_HTTP_OK) {

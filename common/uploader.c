@@ -921,10 +921,7 @@ void nbe_uploader_free(struct nbe_uploader *up)
 		nbe_free(up->ack_owned[i]);
 	nbe_free(up->nuvlabox_id);
 	nbe_free(up->api_key);
-	if (up->api_secret) {
-		explicit_bzero(up->api_secret, strlen(up->api_secret));
-		nbe_free(up->api_secret);
-	}
+	nbe_free_secret_str(up->api_secret);
 	nbe_free(up->agent_version);
 	nbe_free(up->boot_id);
 	nbe_free(up->timesync_file);
